@@ -1,0 +1,205 @@
+"""Load a UniPixel checkpoint (hub layout or local dir) onto transformers 5.x + PyPI sam2.
+
+No `trust_remote_code`, no pickle: the LLM goes through transformers' own Qwen2.5-VL
+classes (which map the legacy `model.layers.*` / `visual.*` names), SAM 2 is composed
+from PyPI sam2's Hydra configs, and the UniPixel heads are read from safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra import compose
+from hydra.utils import instantiate
+from safetensors import safe_open
+from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+import sam2  # noqa: F401  (initialises sam2's Hydra config module)
+
+from .heads import UniPixelHeads
+from .sam2_hidden import HiddenPromptSAM2
+from .unipixel import TokenIds, UniPixel
+
+log = logging.getLogger(__name__)
+
+UNIPIXEL_KEYS = ("sam2_", "ref_token_id", "seg_token_id", "mem_token_id")
+HEAD_PREFIXES = ("seg_head.", "ref_encoder.", "ref_proj", "tem_pe.", "tem_emb.", "tem_proj.", "msk_proj.")
+# PyPI sam2 names the memory-encoder layer scale `gamma`; the checkpoints call it `weight`
+SAM2_RENAMES = {"memory_encoder.fuser.layers.0.weight": "memory_encoder.fuser.layers.0.gamma",
+                "memory_encoder.fuser.layers.1.weight": "memory_encoder.fuser.layers.1.gamma"}
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint cannot be loaded; the message says why and what to do."""
+
+
+@dataclass
+class Processor:
+    tokenizer: object
+    video_processor: Qwen2VLVideoProcessor
+    tokens: TokenIds
+    sam2_image_size: int
+
+
+def sam2_config_name(name: str) -> str:
+    """Published checkpoints name the authors' yaml ("configs/sam2.1_hiera_b+"); PyPI sam2
+    keeps the same architectures under configs/sam2.1/ and configs/sam2/."""
+    stem = Path(name).name.removesuffix(".yaml")
+    family = "sam2.1" if stem.startswith("sam2.1") else "sam2"
+    return f"configs/{family}/{stem}.yaml"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} requested but CUDA is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32")
+    return table[dtype]
+
+
+def read_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.exists():
+        raise ModelLoadError(f"{model_dir} has no config.json: not a UniPixel checkpoint")
+    cfg = json.loads(path.read_text())
+    if cfg.get("model_type") != "pixel_qwen2_5_vl":
+        raise ModelLoadError(f"{path}: model_type is {cfg.get('model_type')!r}, expected 'pixel_qwen2_5_vl'")
+    return cfg
+
+
+def qwen_config(cfg: dict) -> Qwen2_5_VLConfig:
+    plain = {k: v for k, v in cfg.items() if not k.startswith(UNIPIXEL_KEYS)}
+    plain["model_type"] = "qwen2_5_vl"
+    plain["architectures"] = ["Qwen2_5_VLForConditionalGeneration"]
+    return Qwen2_5_VLConfig(**plain)
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [model_dir / n for n in names]
+    single = model_dir / "model.safetensors"
+    if single.exists():
+        return [single]
+    raise ModelLoadError(f"{model_dir} holds no safetensors weights (pickled .bin weights are refused)")
+
+
+def read_tensors(files: list[Path], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                if k.startswith(prefixes):
+                    out[k] = st.get_tensor(k)
+    return out
+
+
+def build_sam2(cfg: dict) -> HiddenPromptSAM2:
+    overrides = [
+        f"++model.image_size={cfg['sam2_image_size']}",
+        "++model._target_=unipixel_cli.model.sam2_hidden.HiddenPromptSAM2",
+        *cfg.get("sam2_overrides", []),
+    ]
+    # sam2_apply_postprocessing=false in the published configs: no fill-hole, no stability
+    # multimask, no binarised memory — PyPI's defaults when its post-processing is not asked for
+    if cfg.get("sam2_apply_postprocessing"):
+        overrides += ["++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+                      "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+                      "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+                      "++model.binarize_mask_from_pts_for_mem_enc=true"]
+    composed = compose(config_name=sam2_config_name(cfg["sam2_config"]), overrides=overrides)
+    return instantiate(composed.model, _recursive_=True)
+
+
+def load_processor(model_dir: Path, cfg: dict) -> Processor:
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    video_processor = Qwen2VLVideoProcessor.from_pretrained(str(model_dir))
+    gen_path = model_dir / "generation_config.json"
+    eos = json.loads(gen_path.read_text()).get("eos_token_id") if gen_path.exists() else None
+    eos = eos if eos is not None else cfg.get("eos_token_id")
+    eos = tuple(eos) if isinstance(eos, list) else (eos,)
+    tokens = TokenIds(ref=cfg["ref_token_id"], seg=cfg["seg_token_id"], mem=cfg["mem_token_id"],
+                      video=cfg["video_token_id"], pad=tokenizer.pad_token_id or eos[0], eos=eos)
+    return Processor(tokenizer, video_processor, tokens, cfg["sam2_image_size"])
+
+
+def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
+                  dtype: str = "auto") -> tuple[UniPixel, Processor]:
+    model_dir = Path(model_dir)
+    t0 = time.perf_counter()
+    cfg = read_config(model_dir)
+    dev = resolve_device(device)
+    compute_dtype = resolve_dtype(dtype, dev)
+    files = weight_files(model_dir)
+
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        attn = "sdpa"
+        try:
+            import flash_attn  # noqa: F401
+            if dev.type == "cuda" and compute_dtype != torch.float32:
+                attn = "flash_attention_2"
+        except ImportError:
+            pass
+        llm, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            str(model_dir), config=qwen_config(cfg), dtype=compute_dtype, attn_implementation=attn,
+            output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = [k for k in info["missing_keys"] if not k.startswith("lm_head")]
+    if missing:
+        raise ModelLoadError(f"checkpoint lacks LLM weights, e.g. {missing[:3]}")
+
+    sam2_model = build_sam2(cfg)
+    sam2_sd = {SAM2_RENAMES.get(k[5:], k[5:]): v for k, v in read_tensors(files, ("sam2.",)).items()}
+    if not sam2_sd:
+        # a training-time `sam2_checkpoint` path is never used: it does not exist for users
+        raise ModelLoadError(f"{model_dir}: weights hold no sam2.* tensors")
+    _load_strict(sam2_model, sam2_sd, "sam2")
+
+    llm_dim = cfg["hidden_size"]
+    heads = UniPixelHeads(
+        llm_dim=llm_dim, sam_dim=sam2_model.hidden_dim, merger_dim=llm.model.visual.merger.hidden_size,
+        sam_image_size=cfg["sam2_image_size"], sam_embedding_size=sam2_model.sam_image_embedding_size,
+        hidden_tokens=cfg["sam2_hidden_tokens"])
+    _load_strict(heads, read_tensors(files, HEAD_PREFIXES), "UniPixel heads")
+
+    model = UniPixel(llm, sam2_model, heads, tokens=None, sam2_image_size=cfg["sam2_image_size"],
+                     compute_dtype=compute_dtype)
+    processor = load_processor(model_dir, cfg)
+    model.tokens = processor.tokens
+    # SAM 2 and the heads stay float32 and run under autocast (PyPI sam2's positional
+    # encodings are not written for bf16 weights); the LLM holds `compute_dtype` weights
+    model.sam2.float()
+    model.heads.float()
+    model.to(dev).eval()
+    log.info("loaded %s in %.2fs on %s (%s)", model_dir, time.perf_counter() - t0, dev, compute_dtype)
+    return model, processor
+
+
+def _load_strict(module: torch.nn.Module, state: dict, what: str) -> None:
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(f"{what} weights do not match the config: missing {result.missing_keys[:5]}, "
+                             f"unexpected {result.unexpected_keys[:5]}")

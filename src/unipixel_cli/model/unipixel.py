@@ -1,0 +1,262 @@
+"""UniPixel = Qwen2.5-VL (refer/answer) + SAM 2.1 (masks) + the heads that link them.
+
+Steps, in the paper's words: `encode_video` (ViT + merger), `encode_refs` (points/boxes →
+`<|ref|>`), `inject_memory` (object masks → `<|mem|>`), `prefill` + greedy decoding with
+`seg_hidden_states` captured on the way, `decode_masks` (SAM 2 prompted by `seg_head`).
+All batched: B requests share one ViT pass, one padded prefill and one decode loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from .heads import RefPrompt, UniPixelHeads
+from .sam2_hidden import HiddenPromptSAM2, masks_at_resolution
+
+
+@dataclass
+class TokenIds:
+    ref: int
+    seg: int
+    mem: int
+    video: int
+    pad: int
+    eos: tuple[int, ...]
+
+
+@dataclass
+class LLMRequest:
+    """One prompt for the LLM: token ids with one `<|video_pad|>` run already expanded."""
+
+    input_ids: list[int]
+    pixel_values: torch.Tensor  # [patches, C·2·14·14]
+    grid_thw: tuple[int, int, int]
+    refs: list[RefPrompt] = field(default_factory=list)  # one per <|ref|>, in order
+    refer_masks: torch.Tensor | None = None  # [n_obj, grid_t, h, w] bool for <|mem|>
+    generate: bool = True  # False: teacher-forced forward only
+    max_new_tokens: int = 512
+
+
+@dataclass
+class LLMResult:
+    generated_ids: list[int]
+    seg_hidden: torch.Tensor  # [n_seg, D] pre-norm states at <|seg|>-predicting positions
+    stopped_on_eos: bool
+    trace: dict = field(default_factory=dict)
+
+
+def mrope_position_ids(input_ids: list[int], grid_thw: tuple[int, int, int], video_token: int,
+                       merge: int, tokens_per_second: float,
+                       second_per_grid: float = 1.0) -> torch.Tensor:
+    """Multimodal RoPE ids `[3, L]` for text + one video run.
+
+    Text after the video continues from max(video ids) + 1, as in transformers 4.5x
+    with which the published checkpoints were trained (5.x continues from h/w only).
+    """
+    ids = torch.tensor(input_ids)
+    where = (ids == video_token).nonzero().flatten()
+    if len(where) == 0:
+        return torch.arange(len(input_ids)).expand(3, -1).clone()
+    start, n_vid = int(where[0]), len(where)
+    t, h, w = grid_thw[0], grid_thw[1] // merge, grid_thw[2] // merge
+    assert n_vid == t * h * w, (n_vid, grid_thw)
+    pre = torch.arange(start).expand(3, -1)
+    t_idx = (torch.arange(t) * second_per_grid * tokens_per_second).long()
+    vid = torch.stack([
+        t_idx.view(-1, 1, 1).expand(t, h, w).flatten(),
+        torch.arange(h).view(1, -1, 1).expand(t, h, w).flatten(),
+        torch.arange(w).view(1, 1, -1).expand(t, h, w).flatten(),
+    ]) + start
+    nxt = int(vid.max()) + 1
+    post = torch.arange(len(input_ids) - start - n_vid).expand(3, -1) + nxt
+    return torch.cat([pre, vid, post], dim=1)
+
+
+class UniPixel(torch.nn.Module):
+    def __init__(self, llm, sam2: HiddenPromptSAM2, heads: UniPixelHeads, tokens: TokenIds,
+                 sam2_image_size: int, compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.llm = llm
+        self.sam2 = sam2
+        self.heads = heads
+        self.tokens = tokens
+        self.sam2_image_size = sam2_image_size
+        self.compute_dtype = compute_dtype
+        self._captured: dict[str, torch.Tensor] = {}
+        # the seg path reads the last layer *before* the final norm, the memory path reads
+        # the ViT features entering the patch merger's MLP: capture both with pre-hooks
+        self.text_model.norm.register_forward_pre_hook(self._capture("pre_norm"))
+        self.vision.merger.mlp.register_forward_pre_hook(self._capture("merger_in"))
+
+    def _capture(self, name: str):
+        def hook(_module, args):
+            self._captured[name] = args[0]
+        return hook
+
+    @property
+    def text_model(self):
+        return self.llm.model.language_model
+
+    @property
+    def vision(self):
+        return self.llm.model.visual
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.lm_head.weight.device
+
+    def autocast(self):
+        if self.compute_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    # -- vision ------------------------------------------------------------------------
+    def encode_video(self, requests: list[LLMRequest]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One ViT pass over every request's frames → (video embeds, merger-MLP inputs) each."""
+        pixels = torch.cat([r.pixel_values for r in requests]).to(self.device, self.vision.dtype)
+        grid = torch.tensor([r.grid_thw for r in requests], device=self.device)
+        out = self.vision(pixels, grid_thw=grid)
+        embeds = out.pooler_output if hasattr(out, "pooler_output") else out
+        sizes = (grid.prod(-1) // self.vision.spatial_merge_size**2).tolist()
+        merger_in = self._captured.pop("merger_in").view(sum(sizes), -1)
+        return list(embeds.split(sizes)), list(merger_in.split(sizes))
+
+    # -- prompt assembly ----------------------------------------------------------------
+    def build_embeds(self, req: LLMRequest, video_embeds: torch.Tensor,
+                     merger_in: torch.Tensor) -> torch.Tensor:
+        ids = torch.tensor(req.input_ids, device=self.device)
+        embeds = self.text_model.embed_tokens(ids)
+        dtype = embeds.dtype
+        embeds[ids == self.tokens.video] = video_embeds.to(dtype)
+        n_ref = int((ids == self.tokens.ref).sum())
+        if n_ref != len(req.refs):
+            raise ValueError(f"prompt has {n_ref} <|ref|> tokens but {len(req.refs)} visual prompts")
+        if n_ref:
+            embeds[ids == self.tokens.ref] = self.heads.encode_refs(req.refs, req.grid_thw[0]).to(dtype)
+        n_mem = int((ids == self.tokens.mem).sum())
+        if req.refer_masks is not None or n_mem:
+            mem = self.heads.inject_memory(merger_in, req.refer_masks) if req.refer_masks is not None else None
+            if mem is None or mem.shape[0] != n_mem:
+                raise ValueError(f"prompt has {n_mem} <|mem|> tokens but memory gives "
+                                 f"{0 if mem is None else mem.shape[0]}")
+            embeds[ids == self.tokens.mem] = mem.to(dtype)
+        return embeds
+
+    def position_ids(self, req: LLMRequest) -> torch.Tensor:
+        vc = self.llm.config.vision_config
+        return mrope_position_ids(req.input_ids, req.grid_thw, self.tokens.video,
+                                  vc.spatial_merge_size, vc.tokens_per_second)
+
+    # -- LLM ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run_llm(self, requests: list[LLMRequest], trace: bool = False) -> list[LLMResult]:
+        """Batched prefill + greedy decoding (left padding, per-sample positions and EOS)."""
+        with self.autocast():
+            video_embeds, merger_in = self.encode_video(requests)
+            embeds = [self.build_embeds(r, v, m) for r, v, m in zip(requests, video_embeds, merger_in)]
+        positions = [self.position_ids(r) for r in requests]
+        traces: list[dict] = [{} for _ in requests]
+        if trace:
+            for t, e, p, m in zip(traces, embeds, positions, merger_in):
+                t.update(inputs_embeds=e.float().cpu(), position_ids=p, merger_in=m.float().cpu())
+        B, lengths = len(requests), [len(r.input_ids) for r in requests]
+        L, D = max(lengths), embeds[0].shape[-1]
+        batch = embeds[0].new_zeros(B, L, D)
+        pos = torch.zeros(3, B, L, dtype=torch.long)
+        attn = torch.zeros(B, L, dtype=torch.long)
+        for b, (e, p, n) in enumerate(zip(embeds, positions, lengths)):
+            batch[b, L - n:], pos[:, b, L - n:], attn[b, L - n:] = e, p, 1
+        pos, attn = pos.to(self.device), attn.to(self.device)
+        cache = DynamicCache(config=self.text_model.config)
+        out = self.text_model(inputs_embeds=batch, attention_mask=attn, position_ids=pos,
+                              past_key_values=cache, use_cache=True)
+        pre_norm = self._captured.pop("pre_norm")
+        if trace:
+            for b, n in enumerate(lengths):
+                traces[b]["prefill_hidden"] = out.last_hidden_state[b, L - n:].float().cpu()
+
+        seg_hidden: list[list[torch.Tensor]] = []
+        for b, req in enumerate(requests):
+            ids = req.input_ids
+            # teacher-forced <|seg|> tokens in the input: the state at the position before each
+            inds = [L - lengths[b] + i for i in range(len(ids) - 1) if ids[i + 1] == self.tokens.seg]
+            seg_hidden.append([pre_norm[b, i] for i in inds])
+        last_hidden = out.last_hidden_state[:, -1]
+        last_pre_norm = pre_norm[:, -1]
+        del pre_norm, out
+
+        generated: list[list[int]] = [[] for _ in requests]
+        done = [not r.generate for r in requests]
+        eos_hit = [False] * B
+        step_logits: list[list[torch.Tensor]] = [[] for _ in requests]
+        next_pos = torch.stack([p.max() + 1 for p in positions]).to(self.device)
+        max_new = max((r.max_new_tokens for r in requests if r.generate), default=0)
+        for step in range(max_new + 1):
+            logits = self.llm.lm_head(last_hidden).float()
+            nxt = logits.argmax(-1)
+            for b in range(B):
+                if step > 0 and done[b]:
+                    continue
+                tok = int(nxt[b])
+                if tok == self.tokens.seg:
+                    seg_hidden[b].append(last_pre_norm[b])
+                if done[b]:  # teacher-forced: only the check above on the last position
+                    continue
+                if trace:
+                    step_logits[b].append(logits[b].cpu())
+                generated[b].append(tok)
+                if tok in self.tokens.eos:
+                    done[b] = eos_hit[b] = True
+                elif len(generated[b]) >= requests[b].max_new_tokens:
+                    done[b] = True
+            if all(done):
+                break
+            feed = torch.tensor([g[-1] if g else self.tokens.pad for g in generated], device=self.device)
+            attn = torch.cat([attn, torch.tensor([[0 if d else 1] for d in done], device=self.device)], 1)
+            out = self.text_model(inputs_embeds=self.text_model.embed_tokens(feed)[:, None],
+                                  attention_mask=attn, position_ids=next_pos.view(1, B, 1).expand(3, B, 1),
+                                  past_key_values=cache, use_cache=True)
+            next_pos = next_pos + 1
+            last_hidden = out.last_hidden_state[:, -1]
+            last_pre_norm = self._captured.pop("pre_norm")[:, -1]
+
+        results = []
+        for b in range(B):
+            hs = torch.stack(seg_hidden[b]) if seg_hidden[b] else last_hidden.new_zeros(0, D)
+            if trace and step_logits[b]:
+                traces[b]["step_logits"] = torch.stack(step_logits[b])
+            results.append(LLMResult(generated[b], hs, eos_hit[b], traces[b]))
+        return results
+
+    # -- SAM 2 ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def seg_tokens(self, seg_hidden: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.heads.seg_tokens(seg_hidden.to(self.device))
+
+    @torch.inference_mode()
+    def decode_masks(self, seg_tokens: torch.Tensor, num_frames: int,
+                     load_frames: Callable[[int, int], torch.Tensor], height: int, width: int,
+                     chunk_size: int = 16, trace: dict | None = None) -> torch.Tensor:
+        """SAM 2 prompted on frame 0 by each object's tokens, propagated forward.
+
+        Returns bool masks `[n_obj, num_frames, height, width]` on the CPU.
+        """
+        n = seg_tokens.shape[0]
+        masks = torch.zeros(n, num_frames, height, width, dtype=torch.bool)
+        if n == 0:
+            return masks
+        lowres = []
+        with self.autocast():
+            for t, low, _ in self.sam2.propagate(seg_tokens, num_frames, load_frames, chunk_size):
+                masks[:, t] = masks_at_resolution(low, height, width).cpu()
+                if trace is not None:
+                    lowres.append(low[:, 0].float().cpu())
+        if trace is not None:
+            trace["lowres_logits"] = torch.stack(lowres, dim=1)
+        return masks
