@@ -89,7 +89,7 @@ def _run_seg(model, proc, case, golden, inter, frames):
 
 
 def _run_pixelqa(model, proc, case, golden, inter, frames):
-    stage_a, stage_b = golden["preprocess_stage_a"], golden["preprocess_stage_b"]
+    stage_b = golden["preprocess_stage_b"]
     sampled = case["sampled_inds"]
     llm = frames[sampled]
     pv, grid, size = video_inputs(proc, llm, case["min_pixels"], case["max_pixels"])

@@ -1,1 +1,301 @@
-def main() -> None: ...
+"""`unipixel` command line: wires manifests, media, engine and results together."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+
+app = typer.Typer(help="Batch inference for UniPixel: refer, segment and answer over many videos.",
+                  no_args_is_help=True, add_completion=False)
+weights_app = typer.Typer(help="Known checkpoints: list and download.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+console = Console(stderr=True)
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_ROWS_FAILED, EXIT_LOCKED = 0, 1, 2, 3, 4
+
+
+def env(name: str) -> str:
+    return f"UNIPIXEL_{name}"
+
+
+ModelOpt = Annotated[str, typer.Option("--model", envvar=env("MODEL"),
+                                       help="Hub id, known name (unipixel-3b, unipixel-7b) or local dir.")]
+DeviceOpt = Annotated[str, typer.Option(envvar=env("DEVICE"), help="auto | cpu | cuda | cuda:N")]
+DtypeOpt = Annotated[str, typer.Option(envvar=env("DTYPE"), help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, envvar=env("BATCH_SIZE"))]
+FramesOpt = Annotated[int, typer.Option("--sample-frames", min=1, envvar=env("SAMPLE_FRAMES"))]
+PropOpt = Annotated[str, typer.Option("--propagate", envvar=env("PROPAGATE"), help="sampled | all")]
+TokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, envvar=env("MAX_NEW_TOKENS"))]
+ShardOpt = Annotated[str | None, typer.Option("--shard", envvar=env("SHARD"), help="i/N")]
+ResumeOpt = Annotated[bool, typer.Option("--resume/--overwrite", envvar=env("RESUME"),
+                                         help="Skip ids already written (default) or start over.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, envvar=env("LIMIT"))]
+QuietOpt = Annotated[bool, typer.Option("--quiet", envvar=env("QUIET"))]
+LogFmtOpt = Annotated[str, typer.Option("--log-format", envvar=env("LOG_FORMAT"), help="text | json")]
+OutOpt = Annotated[Path, typer.Option("-o", "--out", envvar=env("OUT"), help="Output dataset directory.")]
+
+
+def _setup_logging(fmt: str, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        class JsonFormatter(logging.Formatter):
+            def format(self, record):
+                return json.dumps({"time": self.formatTime(record), "level": record.levelname,
+                                   "message": record.getMessage()})
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class _Progress:
+    """Rich progress bar on a TTY, plain periodic log lines otherwise (cron)."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.done, self.failed = total, 0, 0
+        self.quiet = quiet
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                MofNCompleteColumn(), TimeRemainingColumn(), console=console)
+            self.bar.start()
+            self.task = self.bar.add_task("unipixel", total=total)
+
+    def update(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += 0 if ok else 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1)
+        elif not self.quiet and (time.monotonic() - self.last > 30 or self.done == self.total):
+            self.last = time.monotonic()
+            rate = self.done / max(1e-9, self.last - self.t0)
+            logging.info("progress %d/%d rows (%d failed), %.2f rows/s", self.done, self.total, self.failed, rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: str,
+         batch_size: int, sample_frames: int, propagate: str, max_new_tokens: int,
+         shard: str | None, resume: bool, limit: int | None, quiet: bool, log_format: str) -> int:
+    from .engine import EngineOptions, error_row, run_pipeline
+    from .manifest import ManifestError, load_manifest
+    from .output import LockHeld, OutputLock, ResultsWriter, Shard, part_files, written_ids
+
+    _setup_logging(log_format, quiet)
+    if propagate not in ("sampled", "all"):
+        console.print(f"[red]--propagate must be 'sampled' or 'all', got {propagate!r}")
+        return EXIT_USAGE
+    try:
+        shard_ = Shard.parse(shard)
+        rows, bad = load_manifest(manifest, task)
+    except (ManifestError, ValueError) as e:
+        console.print(f"[red]error:[/] {e}")
+        return EXIT_USAGE
+    try:
+        with OutputLock(out, shard_):
+            if not resume:
+                for p in part_files(out):
+                    if shard_.tag in p.name:
+                        p.unlink()
+            done = written_ids(out)
+            rows = [r for r in rows if shard_.owns(r.id) and r.id not in done]
+            bad = [b for b in bad if shard_.owns(b.id) and b.id not in done]
+            if limit is not None:
+                rows = rows[:limit]
+            total = len(rows) + len(bad)
+            logging.info("%d rows to run (%d already done, %d invalid)", total, len(done), len(bad))
+            if total == 0:
+                return EXIT_OK
+            engine = _engine(task, model, device, dtype, EngineOptions(
+                sample_frames=sample_frames, propagate=propagate, max_new_tokens=max_new_tokens,
+                batch_size=batch_size))
+            meta = {"tool_version": __version__, "model": model, "task": task, "manifest": str(manifest),
+                    "options": {"device": device, "dtype": dtype, "batch_size": batch_size,
+                                "sample_frames": sample_frames, "propagate": propagate,
+                                "max_new_tokens": max_new_tokens, "shard": shard or "0/1"}}
+            writer = ResultsWriter(out, shard=shard_, metadata=meta, flush_rows=max(8, batch_size))
+            progress = _Progress(total, quiet)
+
+            def sink(row: dict) -> None:
+                writer.write(row)
+                progress.update(row["status"] == "ok")
+
+            try:
+                for b in bad:
+                    sink(error_row(task, err=b))
+                run_pipeline(engine, rows, sink)
+            finally:
+                writer.close()
+                progress.close()
+            logging.info("finished: %d rows, %d failed, results in %s", progress.done, progress.failed, out)
+            return EXIT_ROWS_FAILED if progress.failed else EXIT_OK
+    except LockHeld as e:
+        console.print(f"[red]error:[/] {e}")
+        return EXIT_LOCKED
+
+
+def _engine(task: str, model: str, device: str, dtype: str, options):
+    from .engine import Engine
+    from .model.loading import ModelLoadError, load_unipixel
+    from .weights import resolve_model
+
+    try:
+        unipixel, processor = load_unipixel(resolve_model(model), device=device, dtype=dtype)
+    except ModelLoadError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(EXIT_FATAL) from e
+    if task == "pixelqa":
+        from .pixelqa import PixelQAEngine
+        return PixelQAEngine(unipixel, processor, options)
+    return Engine(unipixel, processor, options)
+
+
+@app.command()
+def segment(
+    manifest: Annotated[Path, typer.Argument(help="JSONL manifest of videos/images and prompts.")],
+    out: OutOpt = Path("unipixel-out"),
+    model: ModelOpt = "PolyU-ChenLab/UniPixel-3B",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: BatchOpt = 8,
+    sample_frames: FramesOpt = 16,
+    propagate: PropOpt = "sampled",
+    max_new_tokens: TokensOpt = 512,
+    shard: ShardOpt = None,
+    resume: ResumeOpt = True,
+    limit: LimitOpt = None,
+    quiet: QuietOpt = False,
+    log_format: LogFmtOpt = "text",
+) -> None:
+    """Segment what each prompt asks for; answers and masks go to a Parquet dataset."""
+    raise typer.Exit(_run("segment", manifest, out, model, device, dtype, batch_size, sample_frames,
+                          propagate, max_new_tokens, shard, resume, limit, quiet, log_format))
+
+
+@app.command()
+def validate(
+    manifest: Annotated[Path, typer.Argument(help="JSONL manifest to check.")],
+    task: Annotated[str, typer.Option(help="segment | pixelqa")] = "segment",
+) -> None:
+    """Check every row before a long GPU run: schema, ids, media, frame ranges, prompts."""
+    from .manifest import ManifestError, load_manifest
+    from .validation import check_rows
+
+    if task not in ("segment", "pixelqa"):
+        console.print(f"[red]--task must be segment or pixelqa, got {task!r}")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        rows, bad = load_manifest(manifest, task)
+    except ManifestError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(EXIT_USAGE) from e
+    problems = [(b.line, b.id, b.message) for b in bad] + check_rows(rows)
+    problems.sort()
+    out = Console()
+    if not problems:
+        out.print(f"[green]ok[/]: {len(rows)} rows valid")
+        raise typer.Exit(EXIT_OK)
+    table = Table(title=f"{len(problems)} problem(s) in {manifest}")
+    for col in ("line", "id", "problem"):
+        table.add_column(col)
+    for line, row_id, msg in problems:
+        table.add_row(str(line), row_id, msg)
+    out.print(table)
+    raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def doctor() -> None:
+    """Versions, device, model cache and anything missing."""
+    import importlib
+
+    out = Console()
+    table = Table(title="unipixel doctor")
+    table.add_column("item")
+    table.add_column("status")
+    table.add_row("unipixel", __version__)
+    table.add_row("python", platform.python_version())
+    missing = 0
+    for mod in ("torch", "torchvision", "transformers", "sam2", "decord", "av", "pycocotools", "pyarrow"):
+        try:
+            m = importlib.import_module(mod)
+            table.add_row(mod, getattr(m, "__version__", "installed"))
+        except Exception as e:
+            missing += 1
+            table.add_row(mod, f"[red]MISSING[/] ({type(e).__name__}: {e})")
+    try:
+        import torch
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                p = torch.cuda.get_device_properties(i)
+                table.add_row(f"cuda:{i}", f"{p.name}, {p.total_memory / 2**30:.1f} GiB")
+        else:
+            table.add_row("cuda", "[yellow]not available[/] (runs on CPU: slow, fine for tests)")
+    except Exception:
+        pass
+    from huggingface_hub import constants
+
+    from .weights import REGISTRY, cached_path
+    table.add_row("HF cache", str(constants.HF_HUB_CACHE))
+    table.add_row("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
+    for c in REGISTRY.values():
+        path = cached_path(c.repo_id, c.revision)
+        table.add_row(c.name, f"cached at {path}" if path else
+                      f"[yellow]not cached[/] (`unipixel weights pull {c.name}`)")
+    out.print(table)
+    raise typer.Exit(EXIT_FATAL if missing else EXIT_OK)
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Known checkpoints and whether they are cached."""
+    from .weights import REGISTRY, cached_path
+
+    table = Table()
+    for col in ("name", "hub id", "size", "cached", "note"):
+        table.add_column(col)
+    for c in REGISTRY.values():
+        path = cached_path(c.repo_id, c.revision)
+        table.add_row(c.name, c.repo_id, f"{c.size_gb:.1f} GB", str(path) if path else "no", c.note)
+    Console().print(table)
+
+
+@weights_app.command("pull")
+def weights_pull(name: Annotated[str, typer.Argument(help="Known name or hub id.")]) -> None:
+    """Download a checkpoint into the Hugging Face cache (resumable)."""
+    from .model.loading import ModelLoadError
+    from .weights import lookup, offline, pull
+
+    known = lookup(name)
+    repo, rev = (known.repo_id, known.revision) if known else (name, "main")
+    if offline():
+        console.print("[red]error:[/] HF_HUB_OFFLINE is set; cannot download")
+        raise typer.Exit(EXIT_FATAL)
+    try:
+        Console().print(f"downloaded to {pull(repo, rev)}")
+    except ModelLoadError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(EXIT_FATAL) from e
+
+
+def main() -> None:
+    app()

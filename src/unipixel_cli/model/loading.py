@@ -14,14 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import sam2  # noqa: F401  (initialises sam2's Hydra config module)
 import torch
 from hydra import compose
 from hydra.utils import instantiate
 from safetensors import safe_open
 from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-import sam2  # noqa: F401  (initialises sam2's Hydra config module)
 
 from .heads import UniPixelHeads
 from .sam2_hidden import HiddenPromptSAM2
@@ -107,7 +106,7 @@ def read_tensors(files: list[Path], prefixes: tuple[str, ...]) -> dict[str, torc
     out = {}
     for f in files:
         with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():
+            for k in st.keys():  # noqa: SIM118  (safe_open is not iterable)
                 if k.startswith(prefixes):
                     out[k] = st.get_tensor(k)
     return out
@@ -153,8 +152,9 @@ def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
 
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # the flat legacy config triggers harmless notices
     try:
+        qcfg = qwen_config(cfg)
         attn = "sdpa"
         try:
             import flash_attn  # noqa: F401
@@ -163,7 +163,7 @@ def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
         except ImportError:
             pass
         llm, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(model_dir), config=qwen_config(cfg), dtype=compute_dtype, attn_implementation=attn,
+            str(model_dir), config=qcfg, dtype=compute_dtype, attn_implementation=attn,
             output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from sam2.modeling.sam2_base import SAM2Base
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
+from sam2.modeling.sam2_base import SAM2Base
 
 
 class HiddenTokenPromptEncoder(PromptEncoder):

@@ -242,7 +242,8 @@ class UniPixel(torch.nn.Module):
     @torch.inference_mode()
     def decode_masks(self, seg_tokens: torch.Tensor, num_frames: int,
                      load_frames: Callable[[int, int], torch.Tensor], height: int, width: int,
-                     chunk_size: int = 16, trace: dict | None = None) -> torch.Tensor:
+                     chunk_size: int = 16, trace: dict | None = None,
+                     scores: list[float] | None = None) -> torch.Tensor:
         """SAM 2 prompted on frame 0 by each object's tokens, propagated forward.
 
         Returns bool masks `[n_obj, num_frames, height, width]` on the CPU.
@@ -251,12 +252,16 @@ class UniPixel(torch.nn.Module):
         masks = torch.zeros(n, num_frames, height, width, dtype=torch.bool)
         if n == 0:
             return masks
-        lowres = []
+        lowres, presence = [], []
         with self.autocast():
-            for t, low, _ in self.sam2.propagate(seg_tokens, num_frames, load_frames, chunk_size):
+            for t, low, step in self.sam2.propagate(seg_tokens, num_frames, load_frames, chunk_size):
                 masks[:, t] = masks_at_resolution(low, height, width).cpu()
+                presence.append(step["object_score_logits"].float().sigmoid().view(n).cpu())
                 if trace is not None:
                     lowres.append(low[:, 0].float().cpu())
         if trace is not None:
             trace["lowres_logits"] = torch.stack(lowres, dim=1)
+        if scores is not None:
+            # score = mean object-presence probability over the frames
+            scores.extend(torch.stack(presence).mean(0).tolist())
         return masks

@@ -1,0 +1,239 @@
+"""Batched inference: manifest rows → media decode → batched LLM → SAM 2 per video → result rows.
+
+`Engine` is a per-batch callable (rows in, result rows out) so any host can drive it; the
+local pipeline (`run_pipeline`) additionally decodes media ahead on worker threads and
+RLE-encodes/writes behind on another, so the model is rarely waiting on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .manifest import ManifestRow, RowError
+from .media import Media, MediaError, open_media
+from .model.loading import Processor
+from .model.preprocess import MIN_PIXELS, max_pixels_for, sam2_transform, uniform_indices
+from .model.prompting import chat_text, make_request, video_inputs
+from .model.unipixel import LLMRequest, UniPixel
+from .output import rle_encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineOptions:
+    sample_frames: int = 16
+    propagate: str = "sampled"  # sampled | all
+    max_new_tokens: int = 512
+    batch_size: int = 8
+    sam2_chunk: int = 16
+    prefetch_workers: int = 2
+
+
+@dataclass
+class Prepared:
+    """A request after media decode and preprocessing (CPU work, runs ahead of the GPU)."""
+
+    mrow: ManifestRow
+    media: Media
+    llm_indices: list[int]
+    sam_indices: list[int]
+    llm_frames: np.ndarray
+    request: LLMRequest
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Inferred:
+    prepared: Prepared
+    generated_ids: list[int]
+    masks: torch.Tensor  # [n_obj, T, H, W] bool
+    scores: list[float]
+
+
+def error_row(task: str, err: RowError | None = None, mrow: ManifestRow | None = None,
+              message: str = "") -> dict:
+    if err is not None:
+        return {"id": err.id, "task": task, "line": err.line, "media": err.media, "prompt": err.prompt,
+                "status": "error", "error": err.message}
+    row = mrow.row
+    return {"id": mrow.id, "task": task, "line": mrow.line, "media": row.media,
+            "prompt": getattr(row, "prompt", None) or getattr(row, "question", None),
+            "status": "error", "error": f"line {mrow.line}: {message}"}
+
+
+class Engine:
+    task = "segment"
+
+    def __init__(self, model: UniPixel, processor: Processor, options: EngineOptions) -> None:
+        self.model = model
+        self.processor = processor
+        self.options = options
+
+    # -- stage 1: decode + preprocess (thread-safe, CPU) --------------------------------
+    def prepare(self, mrow: ManifestRow) -> Prepared:
+        t0 = time.perf_counter()
+        row = mrow.row
+        media = open_media(mrow.media_path)
+        start = row.start or 0
+        end = min(row.end or media.num_frames, media.num_frames)
+        if start >= media.num_frames:
+            raise MediaError(f"{mrow.media_path}: start frame {start} is past the last frame "
+                             f"({media.num_frames - 1})")
+        sample = row.sample_frames or self.options.sample_frames
+        llm_idx = [start + i for i in uniform_indices(end - start, sample)]
+        propagate = getattr(row, "propagate", None) or self.options.propagate
+        sam_idx = list(range(start, end)) if propagate == "all" else llm_idx
+        frames = media.read(llm_idx)
+        pv, grid, _ = video_inputs(self.processor, frames, MIN_PIXELS, max_pixels_for(sample, len(llm_idx)))
+        text = chat_text(self.processor, row.prompt)
+        req = make_request(self.processor, text, pv, grid,
+                           max_new_tokens=row.max_new_tokens or self.options.max_new_tokens)
+        return Prepared(mrow, media, llm_idx, sam_idx, frames, req,
+                        {"decode": time.perf_counter() - t0})
+
+    # -- stage 2: model (GPU) -------------------------------------------------------------
+    def infer(self, batch: list[Prepared]) -> list[Inferred | tuple[Prepared, str]]:
+        """LLM on the whole batch, then SAM 2 per video; CUDA OOM splits the batch."""
+        try:
+            t0 = time.perf_counter()
+            results = self.model.run_llm([p.request for p in batch])
+            llm_s = (time.perf_counter() - t0) / len(batch)
+            out: list[Inferred | tuple[Prepared, str]] = []
+            for p, res in zip(batch, results):
+                p.timings["llm"] = llm_s
+                out.append(self._segment(p, res.generated_ids, res.seg_hidden))
+            return out
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(batch) == 1:
+                return [(batch[0], "CUDA out of memory even at batch size 1")]
+            half = len(batch) // 2
+            log.warning("CUDA OOM at batch %d; retrying as %d + %d", len(batch), half, len(batch) - half)
+            return self.infer(batch[:half]) + self.infer(batch[half:])
+
+    def _segment(self, p: Prepared, generated: list[int], seg_hidden: torch.Tensor) -> Inferred:
+        t0 = time.perf_counter()
+        tokens = self.model.seg_tokens(seg_hidden)
+        media, sam_idx = p.media, p.sam_indices
+        size = self.model.sam2_image_size
+        if sam_idx is p.llm_indices:
+            sam_frames = sam2_transform(p.llm_frames, size)
+            load = lambda a, b: sam_frames[a:b]  # noqa: E731
+        else:
+            load = lambda a, b: sam2_transform(media.read(sam_idx[a:b]), size)  # noqa: E731
+        scores: list[float] = []
+        masks = self.model.decode_masks(tokens, len(sam_idx), load, media.height, media.width,
+                                        chunk_size=self.options.sam2_chunk, scores=scores)
+        p.timings["sam2"] = time.perf_counter() - t0
+        return Inferred(p, generated, masks, scores)
+
+    # -- stage 3: encode (CPU, runs behind) -------------------------------------------
+    def finish(self, item: Inferred | tuple[Prepared, str]) -> dict:
+        if isinstance(item, tuple):
+            return error_row(self.task, mrow=item[0].mrow, message=item[1])
+        t0 = time.perf_counter()
+        p = item.prepared
+        ids = item.generated_ids
+        if ids and ids[-1] in self.processor.tokens.eos:
+            ids = ids[:-1]
+        tok = self.processor.tokenizer
+        objects = []
+        for k in range(item.masks.shape[0]):
+            rles = [rle_encode(m) for m in item.masks[k].numpy()]
+            objects.append({"object_id": k, "source": "seg", "score": item.scores[k], "masks": rles})
+        p.timings["encode"] = time.perf_counter() - t0
+        return {
+            "id": p.mrow.id, "task": self.task, "line": p.mrow.line, "media": p.mrow.row.media,
+            "prompt": p.mrow.row.prompt,
+            "answer": tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip(),
+            "raw_answer": tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
+            "frame_indices": list(p.sam_indices), "height": p.media.height, "width": p.media.width,
+            "objects": objects, "status": "ok", "error": None,
+            "timings": {k: float(p.timings.get(k, 0.0)) for k in ("decode", "llm", "sam2", "encode")},
+        }
+
+    # -- per-batch callable -------------------------------------------------------------
+    def __call__(self, rows: list[ManifestRow]) -> list[dict]:
+        prepared, out = [], []
+        for r in rows:
+            try:
+                prepared.append(self.prepare(r))
+            except (MediaError, ValueError) as e:
+                out.append(error_row(self.task, mrow=r, message=str(e)))
+        for i in range(0, len(prepared), self.options.batch_size):
+            out.extend(self.finish(x) for x in self.infer(prepared[i:i + self.options.batch_size]))
+        return out
+
+
+def _prepared_stream(engine: Engine, rows: Iterable[ManifestRow], workers: int,
+                     lookahead: int) -> Iterator[Prepared | dict]:
+    """Decode/preprocess ahead on worker threads (bounded), preserving manifest order."""
+    def safe_prepare(r: ManifestRow):
+        try:
+            return engine.prepare(r)
+        except (MediaError, ValueError) as e:
+            return error_row(engine.task, mrow=r, message=str(e))
+        except Exception as e:  # a bad row never takes the run down
+            log.exception("preparing line %d failed", r.line)
+            return error_row(engine.task, mrow=r, message=f"{type(e).__name__}: {e}")
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: list = []
+        for r in rows:
+            pending.append(pool.submit(safe_prepare, r))
+            if len(pending) >= lookahead:
+                yield pending.pop(0).result()
+        for f in pending:
+            yield f.result()
+
+
+def run_pipeline(engine: Engine, rows: list[ManifestRow], sink: Callable[[dict], None]) -> None:
+    """Run rows through the engine: prefetch → length-grouped batches → writer thread."""
+    opts = engine.options
+    out_q: queue.Queue = queue.Queue(maxsize=4 * opts.batch_size)
+    failure: list[BaseException] = []
+
+    def writer():
+        while (item := out_q.get()) is not None:
+            try:
+                sink(item if isinstance(item, dict) else engine.finish(item))
+            except BaseException as e:  # surfaced to the main thread below
+                failure.append(e)
+                return
+
+    wt = threading.Thread(target=writer, name="writer", daemon=True)
+    wt.start()
+    window: list[Prepared] = []
+
+    def flush_window(final: bool) -> None:
+        # group requests of similar length so padding stays small
+        window.sort(key=lambda p: len(p.request.input_ids))
+        while len(window) >= opts.batch_size or (final and window):
+            batch = [window.pop(0) for _ in range(min(opts.batch_size, len(window)))]
+            for item in engine.infer(batch):
+                out_q.put(item)
+            if failure:
+                raise failure[0]
+
+    for item in _prepared_stream(engine, rows, opts.prefetch_workers, lookahead=2 * opts.batch_size):
+        if isinstance(item, dict):
+            out_q.put(item)
+            continue
+        window.append(item)
+        if len(window) >= 2 * opts.batch_size:
+            flush_window(final=False)
+    flush_window(final=True)
+    out_q.put(None)
+    wt.join()
+    if failure:
+        raise failure[0]
