@@ -192,6 +192,27 @@ def segment(
 
 
 @app.command()
+def pixelqa(
+    prompts: Annotated[Path, typer.Option("--prompts", help="JSONL manifest of questions with objects.")],
+    out: OutOpt = Path("unipixel-pixelqa"),
+    model: ModelOpt = "PolyU-ChenLab/UniPixel-3B",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: BatchOpt = 8,
+    sample_frames: FramesOpt = 16,
+    max_new_tokens: TokensOpt = 512,
+    shard: ShardOpt = None,
+    resume: ResumeOpt = True,
+    limit: LimitOpt = None,
+    quiet: QuietOpt = False,
+    log_format: LogFmtOpt = "text",
+) -> None:
+    """Answer questions about objects the user points at (points, boxes or masks)."""
+    raise typer.Exit(_run("pixelqa", prompts, out, model, device, dtype, batch_size, sample_frames,
+                          "sampled", max_new_tokens, shard, resume, limit, quiet, log_format))
+
+
+@app.command()
 def validate(
     manifest: Annotated[Path, typer.Argument(help="JSONL manifest to check.")],
     task: Annotated[str, typer.Option(help="segment | pixelqa")] = "segment",

@@ -105,14 +105,7 @@ class Engine:
     def infer(self, batch: list[Prepared]) -> list[Inferred | tuple[Prepared, str]]:
         """LLM on the whole batch, then SAM 2 per video; CUDA OOM splits the batch."""
         try:
-            t0 = time.perf_counter()
-            results = self.model.run_llm([p.request for p in batch])
-            llm_s = (time.perf_counter() - t0) / len(batch)
-            out: list[Inferred | tuple[Prepared, str]] = []
-            for p, res in zip(batch, results):
-                p.timings["llm"] = llm_s
-                out.append(self._segment(p, res.generated_ids, res.seg_hidden))
-            return out
+            return self._infer(batch)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(batch) == 1:
@@ -120,6 +113,16 @@ class Engine:
             half = len(batch) // 2
             log.warning("CUDA OOM at batch %d; retrying as %d + %d", len(batch), half, len(batch) - half)
             return self.infer(batch[:half]) + self.infer(batch[half:])
+
+    def _infer(self, batch: list[Prepared]) -> list[Inferred]:
+        t0 = time.perf_counter()
+        results = self.model.run_llm([p.request for p in batch])
+        llm_s = (time.perf_counter() - t0) / len(batch)
+        out = []
+        for p, res in zip(batch, results):
+            p.timings["llm"] = llm_s
+            out.append(self._segment(p, res.generated_ids, res.seg_hidden))
+        return out
 
     def _segment(self, p: Prepared, generated: list[int], seg_hidden: torch.Tensor) -> Inferred:
         t0 = time.perf_counter()
@@ -150,17 +153,31 @@ class Engine:
         objects = []
         for k in range(item.masks.shape[0]):
             rles = [rle_encode(m) for m in item.masks[k].numpy()]
-            objects.append({"object_id": k, "source": "seg", "score": item.scores[k], "masks": rles})
+            object_id, source = self.object_label(item, k)
+            objects.append({"object_id": object_id, "source": source, "score": item.scores[k], "masks": rles})
         p.timings["encode"] = time.perf_counter() - t0
-        return {
+        return self.extra_fields(item) | {
             "id": p.mrow.id, "task": self.task, "line": p.mrow.line, "media": p.mrow.row.media,
-            "prompt": p.mrow.row.prompt,
-            "answer": tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip(),
+            "prompt": self.prompt_of(p.mrow),
+            "answer": self.answer_prefix(item)
+            + tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip(),
             "raw_answer": tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
             "frame_indices": list(p.sam_indices), "height": p.media.height, "width": p.media.width,
             "objects": objects, "status": "ok", "error": None,
             "timings": {k: float(p.timings.get(k, 0.0)) for k in ("decode", "llm", "sam2", "encode")},
         }
+
+    def object_label(self, item: Inferred, k: int) -> tuple[int, str]:
+        return k, "seg"
+
+    def prompt_of(self, mrow: ManifestRow) -> str:
+        return mrow.row.prompt
+
+    def extra_fields(self, item: Inferred) -> dict:
+        return {}
+
+    def answer_prefix(self, item: Inferred) -> str:
+        return ""
 
     # -- per-batch callable -------------------------------------------------------------
     def __call__(self, rows: list[ManifestRow]) -> list[dict]:
@@ -217,7 +234,7 @@ def run_pipeline(engine: Engine, rows: list[ManifestRow], sink: Callable[[dict],
 
     def flush_window(final: bool) -> None:
         # group requests of similar length so padding stays small
-        window.sort(key=lambda p: len(p.request.input_ids))
+        window.sort(key=lambda p: len(p.request.input_ids) if p.request is not None else 0)
         while len(window) >= opts.batch_size or (final and window):
             batch = [window.pop(0) for _ in range(min(opts.batch_size, len(window)))]
             for item in engine.infer(batch):

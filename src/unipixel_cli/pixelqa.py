@@ -1,0 +1,165 @@
+"""PixelQA: questions about objects the user points at, answered through the Object Memory Bank.
+
+Stage A (refer + pre-fill): the question with `[i] <|ref|>` for each point/box object and the
+teacher-forced answer `[0] <|seg|> [1] <|seg|> …` give one mask track per object (SAM 2 on
+the sampled frames); mask prompts go straight into the bank. Stage B (inject + answer): the
+`<|mem|>` prefix of the bank, refer masks pooled onto the visual grid, greedy answer. Both
+stages run batched over requests.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .engine import Engine, Inferred, Prepared
+from .manifest import ManifestRow, PixelQARow
+from .media import open_media
+from .model.heads import RefPrompt
+from .model.memory import ObjectMemoryBank
+from .model.preprocess import MIN_PIXELS, force_prompt_frames, max_pixels_for, sam2_transform, uniform_indices
+from .model.prompting import chat_text, make_request, video_inputs
+from .output import rle_decode
+from .validation import pixelqa_problems
+
+LOCALIZE = ". Please localize the relevant objects with IDs."
+BEST_OPTION = "\nPlease only give the best option."
+ANSWER_PREFIX = "The best option is ("
+
+
+def question_text(row: PixelQARow) -> str:
+    if not row.options:
+        return row.question
+    return row.question + "\nOptions:\n" + "\n".join(row.options)
+
+
+def stage_a_text(row: PixelQARow) -> tuple[str, list[int]]:
+    """`[i]` → `[i] <|ref|>` at the first mention of each point/box object; ids in token order."""
+    text = question_text(row)
+    referred = {o.id for o in row.objects if o.source != "mask"}
+    order: list[int] = []
+
+    def mark(m: re.Match) -> str:
+        i = int(m.group(1))
+        if i in referred and i not in order:
+            order.append(i)
+            return f"[{i}] <|ref|>"
+        return m.group(0)
+
+    return re.sub(r"\[(\d+)\]", mark, text) + LOCALIZE, order
+
+
+@dataclass
+class PixelQAPrepared(Prepared):
+    llm_size: tuple[int, int] = (0, 0)
+    ref_order: list[int] | None = None
+    bank: ObjectMemoryBank | None = None
+    sources: dict[int, str] | None = None
+    stage_b_text: str = ""
+
+
+class PixelQAEngine(Engine):
+    task = "pixelqa"
+
+    def prepare(self, mrow: ManifestRow) -> PixelQAPrepared:
+        t0 = time.perf_counter()
+        row: PixelQARow = mrow.row
+        media = open_media(mrow.media_path)
+        problems = pixelqa_problems(row, media)
+        if problems:
+            raise ValueError("; ".join(problems))
+        start = row.start or 0
+        end = min(row.end or media.num_frames, media.num_frames)
+        outside = [o.id for o in row.objects if not start <= o.frame < end]
+        if outside:
+            raise ValueError(f"objects {outside} are on frames outside start/end [{start}, {end})")
+        sample = row.sample_frames or self.options.sample_frames
+        idx = [start + i for i in uniform_indices(end - start, sample)]
+        idx = force_prompt_frames(idx, sorted({o.frame for o in row.objects}))
+        frames = media.read(idx)
+        pv, grid, size = video_inputs(self.processor, frames, MIN_PIXELS, max_pixels_for(sample, len(idx)))
+        bank = ObjectMemoryBank(len(idx), media.height, media.width)
+        for o in row.objects:
+            if o.mask is not None:
+                bank.add_frame_mask(o.id, idx.index(o.frame), torch.from_numpy(rle_decode(o.mask)))
+        text_a, order = stage_a_text(row)
+        s = self.processor.sam2_image_size
+        sx, sy = s / media.width, s / media.height
+        by_id = {o.id: o for o in row.objects}
+        refs = []
+        for i in order:
+            o = by_id[i]
+            t = idx.index(o.frame)
+            if o.point is not None:
+                refs.append(RefPrompt(t, point=(o.point[0] * sx, o.point[1] * sy)))
+            else:
+                x0, y0, x1, y1 = o.box
+                refs.append(RefPrompt(t, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
+        request = None
+        if order:
+            answer = " ".join(f"[{i}] <|seg|>" for i in order)
+            request = make_request(self.processor, chat_text(self.processor, text_a, answer=answer), pv, grid,
+                                   refs=refs, generate=False)
+        stage_b = question_text(row) + (BEST_OPTION if row.options else "")
+        p = PixelQAPrepared(mrow, media, idx, idx, frames, request, {"decode": time.perf_counter() - t0},
+                            llm_size=size, ref_order=order, bank=bank,
+                            sources={o.id: o.source for o in row.objects}, stage_b_text=stage_b)
+        p.pixel_values, p.grid = pv, grid
+        return p
+
+    def _infer(self, batch: list[PixelQAPrepared]) -> list[Inferred]:
+        t0 = time.perf_counter()
+        staged = [p for p in batch if p.request is not None]
+        sam_s = 0.0
+        if staged:
+            results = self.model.run_llm([p.request for p in staged])
+            for p, res in zip(staged, results):
+                t1 = time.perf_counter()
+                tokens = self.model.seg_tokens(res.seg_hidden[:len(p.ref_order)])
+                sam_frames = sam2_transform(p.llm_frames, self.model.sam2_image_size)
+                scores: list[float] = []
+                masks = self.model.decode_masks(tokens, len(p.llm_indices), lambda a, b, f=sam_frames: f[a:b],
+                                                p.media.height, p.media.width, scores=scores)
+                for k, obj_id in enumerate(p.ref_order):
+                    p.bank.prefill(obj_id, masks[k])
+                p.scores = dict(zip(p.ref_order, scores))
+                sam_s += time.perf_counter() - t1
+        requests = []
+        for p in batch:
+            is_image = p.media.is_image
+            prefix = p.bank.prefix(p.llm_size, is_image)
+            text = chat_text(self.processor, prefix + p.stage_b_text,
+                             answer_prefix=ANSWER_PREFIX if p.mrow.row.options else "")
+            requests.append(make_request(self.processor, text, p.pixel_values, p.grid,
+                                         refer_masks=p.bank.refer_masks(p.llm_size),
+                                         max_new_tokens=p.mrow.row.max_new_tokens or self.options.max_new_tokens))
+        results = self.model.run_llm(requests)
+        llm_s = (time.perf_counter() - t0 - sam_s) / len(batch)
+        out = []
+        for p, res in zip(batch, results):
+            p.timings.update(llm=llm_s, sam2=sam_s / len(batch))
+            ids = sorted(p.bank.objects)
+            masks = torch.stack([p.bank.lookup(i) for i in ids])
+            scores = [getattr(p, "scores", {}).get(i, 1.0) for i in ids]
+            out.append(Inferred(p, res.generated_ids, masks, scores))
+        return out
+
+    def object_label(self, item: Inferred, k: int) -> tuple[int, str]:
+        obj_id = sorted(item.prepared.bank.objects)[k]
+        return obj_id, item.prepared.sources[obj_id]
+
+    def prompt_of(self, mrow: ManifestRow) -> str:
+        return mrow.row.question
+
+    def answer_prefix(self, item: Inferred) -> str:
+        return ANSWER_PREFIX if item.prepared.mrow.row.options else ""
+
+    def extra_fields(self, item: Inferred) -> dict:
+        if not item.prepared.mrow.row.options:
+            return {}
+        text = self.processor.tokenizer.decode(item.generated_ids, skip_special_tokens=True)
+        letter = re.match(r"\s*([A-Z])", text)
+        return {"choice": letter.group(1) if letter else None}
