@@ -32,7 +32,8 @@ def test_pixelqa_cli_reproduces_golden(tmp_path, conformance_dir):
             o[key] = vp.get("point_xy_original") or vp["box_xyxy_original"]
             objects.append(o)
         rows.append({"id": c["id"], "video": str(conformance_dir / c["media"]),
-                     "question": _to_ids(c["raw_question"]), "options": [_to_ids(o) for o in c["options"]], "objects": objects,
+                     "question": _to_ids(c["raw_question"]), "options": [_to_ids(o) for o in c["options"]],
+                     "objects": objects,
                      "sample_frames": c["sample_frames"], "max_new_tokens": c["max_new_tokens"]})
         expected[c["id"]] = (golden[c["id"]], c)
     assert rows, "fixture has no PixelQA case"
