@@ -51,6 +51,13 @@ def resolve_model(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    if name.startswith("tiny-random"):
+        from .model.tiny import tiny_random_path
+
+        seed = name.removeprefix("tiny-random").lstrip("-") or "0"
+        if not seed.isdigit():
+            raise ModelLoadError(f"--model {name!r}: use tiny-random or tiny-random-<seed>")
+        return tiny_random_path(int(seed))
     known = lookup(name)
     repo_id, revision = (known.repo_id, known.revision) if known else (name, "main")
     if "/" not in repo_id:

@@ -65,7 +65,7 @@ class UniPixelHeads(nn.Module):
     def seg_tokens(self, pre_norm_hidden: torch.Tensor) -> torch.Tensor:
         """Pre-norm LLM states `[N, D]` at `<|seg|>`-predicting positions → `[N, K, C]`."""
         out = self.seg_head(pre_norm_hidden.to(self.seg_head[1].weight.dtype))
-        return out.reshape(out.shape[0], self.hidden_tokens, -1)
+        return out.reshape(out.shape[0], self.hidden_tokens, out.shape[-1] // self.hidden_tokens)
 
     # -- refer ---------------------------------------------------------------------------
     def encode_refs(self, prompts: list[RefPrompt], grid_t: int) -> torch.Tensor:

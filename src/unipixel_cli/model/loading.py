@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,11 +151,7 @@ def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
     compute_dtype = resolve_dtype(dtype, dev)
     files = weight_files(model_dir)
 
-    from transformers.utils import logging as hf_logging
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the flat legacy config triggers harmless notices
-    try:
-        qcfg = qwen_config(cfg)
+    with quiet_transformers():
         attn = "sdpa"
         try:
             import flash_attn  # noqa: F401
@@ -163,10 +160,9 @@ def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
         except ImportError:
             pass
         llm, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(model_dir), config=qcfg, dtype=compute_dtype, attn_implementation=attn,
+            str(model_dir), config=qwen_config(cfg), dtype=compute_dtype, attn_implementation=attn,
             output_loading_info=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+        processor = load_processor(model_dir, cfg)
     missing = [k for k in info["missing_keys"] if not k.startswith("lm_head")]
     if missing:
         raise ModelLoadError(f"checkpoint lacks LLM weights, e.g. {missing[:3]}")
@@ -187,7 +183,6 @@ def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
 
     model = UniPixel(llm, sam2_model, heads, tokens=None, sam2_image_size=cfg["sam2_image_size"],
                      compute_dtype=compute_dtype)
-    processor = load_processor(model_dir, cfg)
     model.tokens = processor.tokens
     # SAM 2 and the heads stay float32 and run under autocast (PyPI sam2's positional
     # encodings are not written for bf16 weights); the LLM holds `compute_dtype` weights
@@ -196,6 +191,21 @@ def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
     model.to(dev).eval()
     log.info("loaded %s in %.2fs on %s (%s)", model_dir, time.perf_counter() - t0, dev, compute_dtype)
     return model, processor
+
+
+@contextmanager
+def quiet_transformers():
+    """The flat legacy config makes transformers print notices and a load bar: not for users."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def _load_strict(module: torch.nn.Module, state: dict, what: str) -> None:
