@@ -1,0 +1,82 @@
+"""Small synthetic media (moving shapes) and manifests for examples, smoke runs and benchmarks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = [("red", (220, 40, 40), "ball"), ("blue", (40, 80, 220), "box"), ("yellow", (230, 210, 40), "triangle"),
+          ("green", (40, 180, 70), "ball")]
+
+
+def moving_shapes(num_frames: int, height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
+    """uint8 `[T, H, W, 3]`: a few coloured shapes moving over a grey background."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(SHAPES), size=2, replace=False)
+    starts = rng.uniform([10, 10], [width - 40, height - 40], size=(2, 2))
+    speeds = rng.uniform(-2.5, 2.5, size=(2, 2))
+    frames = []
+    for t in range(num_frames):
+        img = Image.new("RGB", (width, height), (128, 128, 128))
+        draw = ImageDraw.Draw(img)
+        for k, idx in enumerate(picks):
+            x, y = np.clip(starts[k] + speeds[k] * t, [0, 0], [width - 25, height - 25])
+            _, rgb, kind = SHAPES[idx]
+            box = [x, y, x + 24, y + 24]
+            if kind == "ball":
+                draw.ellipse(box, fill=rgb)
+            elif kind == "box":
+                draw.rectangle(box, fill=rgb)
+            else:
+                draw.polygon([(x + 12, y), (x, y + 24), (x + 24, y + 24)], fill=rgb)
+        frames.append(np.asarray(img))
+    return np.stack(frames)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_frame_folder(path: Path, frames: np.ndarray) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(path / f"{i:05d}.jpg", quality=92)
+    return path
+
+
+def make_examples(root: Path, num_videos: int = 3, num_frames: int = 24) -> dict[str, Path]:
+    """Write media plus `videos.jsonl` (segment) and `prompts.jsonl` (pixelqa) under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    seg_rows, qa_rows = [], []
+    for i in range(num_videos):
+        frames = moving_shapes(num_frames, seed=i)
+        name = f"clips/shapes{i}.mp4"
+        write_video(root / name, frames)
+        seg_rows.append({"id": f"v{i}", "video": name, "prompt": "Please segment the moving ball."})
+        qa_rows.append({"id": f"q{i}", "video": name, "question": "What is [0] doing?",
+                        "objects": [{"id": 0, "frame": 3, "point": [80, 60]}]})
+    folder = write_frame_folder(root / "clips/shapes_frames", moving_shapes(num_frames, seed=10))
+    seg_rows.append({"id": "f0", "frames": str(folder.relative_to(root)),
+                     "prompt": "Where is the box? Please provide the segmentation mask.", "propagate": "all"})
+    Image.fromarray(moving_shapes(1, seed=20)[0]).save(root / "still.png")
+    seg_rows.append({"id": "i0", "image": "still.png", "prompt": "Please segment the triangle."})
+    qa_rows.append({"id": "q_img", "image": "still.png", "question": "What is [0] next to [1]?",
+                    "objects": [{"id": 0, "point": [40, 40]}, {"id": 1, "box": [90, 50, 130, 90]}],
+                    "options": ["(A) a ball", "(B) a box"]})
+    (root / "videos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seg_rows))
+    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows))
+    return {"videos": root / "videos.jsonl", "prompts": root / "prompts.jsonl"}
