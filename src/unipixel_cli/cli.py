@@ -286,6 +286,54 @@ def doctor() -> None:
     raise typer.Exit(EXIT_FATAL if missing else EXIT_OK)
 
 
+bench_app = typer.Typer(help="Benchmarks: engine speed.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("speed")
+def bench_speed(
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="Segment manifest (default: synthetic)")] = None,
+    num_requests: Annotated[int, typer.Option("--num-requests", min=1)] = 16,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated, e.g. 1,4,8")] = "1,8",
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline",
+                                           help="Also run per-sample like the authors' scripts")] = True,
+    repeats: Annotated[int, typer.Option(min=1, help="Runs per setting; the fastest is reported")] = 1,
+    model: ModelOpt = "PolyU-ChenLab/UniPixel-3B",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    sample_frames: FramesOpt = 16,
+    propagate: PropOpt = "sampled",
+    max_new_tokens: TokensOpt = 512,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON")] = None,
+) -> None:
+    """Throughput, per-stage time, forward-pass share and peak memory at several batch sizes."""
+    from dataclasses import asdict
+
+    from .bench.speed import run_speed
+    from .engine import EngineOptions
+
+    _setup_logging("text", quiet=True)
+    engine = _engine("segment", model, device, dtype, EngineOptions())
+    sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
+    results = run_speed(engine.model, engine.processor, manifest, num_requests, sizes, baseline,
+                        EngineOptions(sample_frames=sample_frames, propagate=propagate,
+                                      max_new_tokens=max_new_tokens), repeats=repeats)
+    table = Table(title=f"unipixel bench speed ({model}, {engine.model.device}, {engine.model.compute_dtype})")
+    for col in ("mode", "batch", "req", "wall s", "req/s", "frames/s", "decode s", "llm s", "sam2 s",
+                "encode s", "in forward", "peak MB"):
+        table.add_column(col, justify="right")
+    base = next((r.requests_per_s for r in results if r.mode == "per-sample"), None)
+    for r in results:
+        speedup = f" ({r.requests_per_s / base:.1f}x)" if base and r.mode != "per-sample" else ""
+        table.add_row(r.mode, str(r.batch_size), str(r.requests), f"{r.wall_s:.2f}",
+                      f"{r.requests_per_s:.2f}{speedup}", f"{r.frames_per_s:.1f}", f"{r.decode_s:.2f}",
+                      f"{r.llm_s:.2f}", f"{r.sam2_s:.2f}", f"{r.encode_s:.2f}", f"{100 * r.forward_share:.0f}%",
+                      f"{r.peak_memory_mb:.0f}")
+    Console().print(table)
+    if json_out:
+        json_out.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
 @weights_app.command("list")
 def weights_list() -> None:
     """Known checkpoints and whether they are cached."""

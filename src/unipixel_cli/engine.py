@@ -23,7 +23,7 @@ from .media import Media, MediaError, open_media
 from .model.loading import Processor
 from .model.preprocess import MIN_PIXELS, max_pixels_for, sam2_transform, uniform_indices
 from .model.prompting import chat_text, make_request, video_inputs
-from .model.unipixel import LLMRequest, UniPixel
+from .model.unipixel import LLMRequest, MaskJob, UniPixel
 from .output import rle_encode
 
 log = logging.getLogger(__name__)
@@ -118,27 +118,26 @@ class Engine:
         t0 = time.perf_counter()
         results = self.model.run_llm([p.request for p in batch])
         llm_s = (time.perf_counter() - t0) / len(batch)
+        t1 = time.perf_counter()
+        jobs = [self.mask_job(p, self.model.seg_tokens(res.seg_hidden)) for p, res in zip(batch, results)]
+        # every object of every video in the batch goes through SAM 2 together (per video length)
+        self.model.decode_masks_batched(jobs, chunk_size=self.options.sam2_chunk)
+        sam_s = (time.perf_counter() - t1) / len(batch)
         out = []
-        for p, res in zip(batch, results):
-            p.timings["llm"] = llm_s
-            out.append(self._segment(p, res.generated_ids, res.seg_hidden))
+        for p, res, job in zip(batch, results, jobs):
+            p.timings.update(llm=llm_s, sam2=sam_s)
+            out.append(Inferred(p, res.generated_ids, job.masks, job.scores))
         return out
 
-    def _segment(self, p: Prepared, generated: list[int], seg_hidden: torch.Tensor) -> Inferred:
-        t0 = time.perf_counter()
-        tokens = self.model.seg_tokens(seg_hidden)
-        media, sam_idx = p.media, p.sam_indices
-        size = self.model.sam2_image_size
+    def mask_job(self, p: Prepared, seg_tokens: torch.Tensor) -> MaskJob:
+        """SAM 2 work for one request: its tokens and a loader of its SAM-transformed frames."""
+        media, sam_idx, size = p.media, p.sam_indices, self.model.sam2_image_size
         if sam_idx is p.llm_indices:
             sam_frames = sam2_transform(p.llm_frames, size)
             load = lambda a, b: sam_frames[a:b]  # noqa: E731
-        else:
+        else:  # propagate all: decode frames chunk by chunk as SAM 2 needs them
             load = lambda a, b: sam2_transform(media.read(sam_idx[a:b]), size)  # noqa: E731
-        scores: list[float] = []
-        masks = self.model.decode_masks(tokens, len(sam_idx), load, media.height, media.width,
-                                        chunk_size=self.options.sam2_chunk, scores=scores)
-        p.timings["sam2"] = time.perf_counter() - t0
-        return Inferred(p, generated, masks, scores)
+        return MaskJob(seg_tokens, len(sam_idx), load, media.height, media.width)
 
     # -- stage 3: encode (CPU, runs behind) -------------------------------------------
     def finish(self, item: Inferred | tuple[Prepared, str]) -> dict:

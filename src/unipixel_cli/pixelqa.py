@@ -20,7 +20,7 @@ from .manifest import ManifestRow, PixelQARow
 from .media import open_media
 from .model.heads import RefPrompt
 from .model.memory import ObjectMemoryBank
-from .model.preprocess import MIN_PIXELS, force_prompt_frames, max_pixels_for, sam2_transform, uniform_indices
+from .model.preprocess import MIN_PIXELS, force_prompt_frames, max_pixels_for, uniform_indices
 from .model.prompting import chat_text, make_request, video_inputs
 from .output import rle_decode
 from .validation import pixelqa_problems
@@ -116,17 +116,15 @@ class PixelQAEngine(Engine):
         sam_s = 0.0
         if staged:
             results = self.model.run_llm([p.request for p in staged])
-            for p, res in zip(staged, results):
-                t1 = time.perf_counter()
-                tokens = self.model.seg_tokens(res.seg_hidden[:len(p.ref_order)])
-                sam_frames = sam2_transform(p.llm_frames, self.model.sam2_image_size)
-                scores: list[float] = []
-                masks = self.model.decode_masks(tokens, len(p.llm_indices), lambda a, b, f=sam_frames: f[a:b],
-                                                p.media.height, p.media.width, scores=scores)
+            t1 = time.perf_counter()
+            jobs = [self.mask_job(p, self.model.seg_tokens(res.seg_hidden[:len(p.ref_order)]))
+                    for p, res in zip(staged, results)]
+            self.model.decode_masks_batched(jobs, chunk_size=self.options.sam2_chunk)
+            for p, job in zip(staged, jobs):
                 for k, obj_id in enumerate(p.ref_order):
-                    p.bank.prefill(obj_id, masks[k])
-                p.scores = dict(zip(p.ref_order, scores))
-                sam_s += time.perf_counter() - t1
+                    p.bank.prefill(obj_id, job.masks[k])
+                p.scores = dict(zip(p.ref_order, job.scores))
+            sam_s = time.perf_counter() - t1
         requests = []
         for p in batch:
             is_image = p.media.is_image

@@ -81,24 +81,34 @@ class HiddenPromptSAM2(SAM2Base):
         self,
         hidden: torch.Tensor,
         num_frames: int,
-        load_frames: Callable[[int, int], torch.Tensor],
+        load_frames: Callable[[int, int], torch.Tensor] | list[Callable[[int, int], torch.Tensor]],
         chunk_size: int = 16,
+        objects_per_video: list[int] | None = None,
     ) -> Iterator[tuple[int, torch.Tensor, dict]]:
         """Prompt frame 0 with `hidden` `[B, K, C]` and track forward over `num_frames`.
 
+        Several videos of the same length can share one SAM 2 batch: pass one frame loader
+        per video and how many of the `B` objects (in order) belong to each. Objects never
+        interact; each reads only its own video's features and its own memory.
         `load_frames(start, end)` returns SAM-transformed frames `[end-start, 3, S, S]`.
         Yields `(frame_idx, low_res_logits [B, 1, S/4, S/4], info)` per frame, in order.
         """
-        batch = hidden.shape[0]
+        loaders = load_frames if isinstance(load_frames, list) else [load_frames]
+        counts = objects_per_video or [hidden.shape[0]]
+        assert len(loaders) == len(counts) and sum(counts) == hidden.shape[0]
         output_dict: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         horizon = self._memory_horizon()
-        for start in range(0, num_frames, chunk_size):
-            end = min(num_frames, start + chunk_size)
-            chunk = self.frame_features(load_frames(start, end))
-            for offset, (feats, pos, sizes) in enumerate(chunk):
+        # frames per video per chunk, so one feature pass holds about `chunk_size` images
+        per_video_chunk = max(1, chunk_size // len(loaders))
+        for start in range(0, num_frames, per_video_chunk):
+            end = min(num_frames, start + per_video_chunk)
+            images = torch.cat([load(start, end) for load in loaders])
+            chunk = self.frame_features(images)
+            n = end - start
+            for offset in range(n):
                 frame_idx = start + offset
-                feats = [x.expand(-1, batch, -1) for x in feats]
-                pos = [x.expand(-1, batch, -1) for x in pos]
+                per_video = [chunk[v * n + offset] for v in range(len(loaders))]
+                feats, pos, sizes = self._batch_features(per_video, counts)
                 is_cond = frame_idx == 0
                 step = self._track_one(frame_idx, is_cond, feats, pos, sizes, output_dict, num_frames, hidden)
                 key = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
@@ -106,6 +116,16 @@ class HiddenPromptSAM2(SAM2Base):
                 output_dict["non_cond_frame_outputs"].pop(frame_idx - horizon, None)
                 yield frame_idx, step["pred_masks"], step
             del chunk
+
+    @staticmethod
+    def _batch_features(per_video: list[tuple], counts: list[int]) -> tuple[list, list, list]:
+        """Each video's frame features repeated for its objects, concatenated on the batch axis."""
+        levels = len(per_video[0][0])
+        feats = [torch.cat([f[0][lvl].expand(-1, c, -1) for f, c in zip(per_video, counts)], dim=1)
+                 for lvl in range(levels)]
+        pos = [torch.cat([f[1][lvl].expand(-1, c, -1) for f, c in zip(per_video, counts)], dim=1)
+               for lvl in range(levels)]
+        return feats, pos, per_video[0][2]
 
     def _track_one(self, frame_idx, is_cond, feats, pos, sizes, output_dict, num_frames, hidden):
         prompt = self._hidden_prompt(hidden.to(self.dtype)) if is_cond else _null()

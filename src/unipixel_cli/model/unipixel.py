@@ -191,35 +191,37 @@ class UniPixel(torch.nn.Module):
         del pre_norm, out
 
         generated: list[list[int]] = [[] for _ in requests]
-        done = [not r.generate for r in requests]
         eos_hit = [False] * B
         step_logits: list[list[torch.Tensor]] = [[] for _ in requests]
         next_pos = torch.stack([p.max() + 1 for p in positions]).to(self.device)
-        max_new = max((r.max_new_tokens for r in requests if r.generate), default=0)
-        for step in range(max_new + 1):
+        rows = list(range(B))  # batch positions still decoding, in cache order
+        while rows:
             logits = self.llm.lm_head(last_hidden).float()
-            nxt = logits.argmax(-1)
-            for b in range(B):
-                if step > 0 and done[b]:
-                    continue
-                tok = int(nxt[b])
-                if tok == self.tokens.seg:
-                    seg_hidden[b].append(last_pre_norm[b])
-                if done[b]:  # teacher-forced: only the check above on the last position
-                    continue
+            nxt = logits.argmax(-1).tolist()
+            still = []
+            for i, b in enumerate(rows):
+                if nxt[i] == self.tokens.seg:
+                    seg_hidden[b].append(last_pre_norm[i])
+                if not requests[b].generate:
+                    continue  # teacher-forced: only the <|seg|> check on the last position
                 if trace:
-                    step_logits[b].append(logits[b].cpu())
-                generated[b].append(tok)
-                if tok in self.tokens.eos:
-                    done[b] = eos_hit[b] = True
-                elif len(generated[b]) >= requests[b].max_new_tokens:
-                    done[b] = True
-            if all(done):
+                    step_logits[b].append(logits[i].cpu())
+                generated[b].append(nxt[i])
+                if nxt[i] in self.tokens.eos:
+                    eos_hit[b] = True
+                elif len(generated[b]) < requests[b].max_new_tokens:
+                    still.append(i)
+            if not still:
                 break
-            feed = torch.tensor([g[-1] if g else self.tokens.pad for g in generated], device=self.device)
-            attn = torch.cat([attn, torch.tensor([[0 if d else 1] for d in done], device=self.device)], 1)
+            if len(still) < len(rows):  # finished requests leave the batch and the KV cache
+                keep = torch.tensor(still, device=self.device)
+                cache.batch_select_indices(keep)
+                attn, next_pos = attn[keep], next_pos[keep]
+                rows = [rows[i] for i in still]
+            feed = torch.tensor([generated[b][-1] for b in rows], device=self.device)
+            attn = torch.cat([attn, attn.new_ones(len(rows), 1)], dim=1)
             out = self.text_model(inputs_embeds=self.text_model.embed_tokens(feed)[:, None],
-                                  attention_mask=attn, position_ids=next_pos.view(1, B, 1).expand(3, B, 1),
+                                  attention_mask=attn, position_ids=next_pos.view(1, -1, 1).expand(3, -1, 1),
                                   past_key_values=cache, use_cache=True)
             next_pos = next_pos + 1
             last_hidden = out.last_hidden_state[:, -1]
@@ -248,20 +250,59 @@ class UniPixel(torch.nn.Module):
 
         Returns bool masks `[n_obj, num_frames, height, width]` on the CPU.
         """
-        n = seg_tokens.shape[0]
-        masks = torch.zeros(n, num_frames, height, width, dtype=torch.bool)
-        if n == 0:
-            return masks
-        lowres, presence = [], []
-        with self.autocast():
-            for t, low, step in self.sam2.propagate(seg_tokens, num_frames, load_frames, chunk_size):
-                masks[:, t] = masks_at_resolution(low, height, width).cpu()
-                presence.append(step["object_score_logits"].float().sigmoid().view(n).cpu())
-                if trace is not None:
-                    lowres.append(low[:, 0].float().cpu())
-        if trace is not None:
-            trace["lowres_logits"] = torch.stack(lowres, dim=1)
+        job = MaskJob(seg_tokens, num_frames, load_frames, height, width)
+        self.decode_masks_batched([job], chunk_size=chunk_size, trace=trace)
         if scores is not None:
+            scores.extend(job.scores)
+        return job.masks
+
+    @torch.inference_mode()
+    def decode_masks_batched(self, jobs: list[MaskJob], chunk_size: int = 16, trace: dict | None = None) -> None:
+        """Decode several videos' objects in shared SAM 2 batches (one per video length).
+
+        Fills each job's `masks` `[n_obj, T, H, W]` (bool, CPU) and `scores` (mean
+        object-presence probability over the frames).
+        """
+        for job in jobs:
+            job.masks = torch.zeros(job.seg_tokens.shape[0], job.num_frames, job.height, job.width,
+                                    dtype=torch.bool)
+            job.scores = []
+        by_length: dict[int, list[MaskJob]] = {}
+        for job in jobs:
+            if job.seg_tokens.shape[0]:
+                by_length.setdefault(job.num_frames, []).append(job)
+        for num_frames, group in by_length.items():
+            counts = [j.seg_tokens.shape[0] for j in group]
+            hidden = torch.cat([j.seg_tokens for j in group])
+            bounds = [0, *torch.tensor(counts).cumsum(0).tolist()]
+            lowres, presence = [], []
+            with self.autocast():
+                for t, low, step in self.sam2.propagate(hidden, num_frames, [j.load_frames for j in group],
+                                                        chunk_size, objects_per_video=counts):
+                    for j, a, b in zip(group, bounds[:-1], bounds[1:]):
+                        j.masks[:, t] = masks_at_resolution(low[a:b], j.height, j.width).cpu()
+                    presence.append(step["object_score_logits"].float().sigmoid().view(-1).cpu())
+                    if trace is not None:
+                        lowres.append(low[:, 0].float().cpu())
             # score = mean object-presence probability over the frames
-            scores.extend(torch.stack(presence).mean(0).tolist())
-        return masks
+            mean_presence = torch.stack(presence).mean(0).tolist()
+            for j, a, b in zip(group, bounds[:-1], bounds[1:]):
+                j.scores = mean_presence[a:b]
+            if trace is not None:
+                trace["lowres_logits"] = torch.stack(lowres, dim=1)
+
+
+@dataclass
+class MaskJob:
+    """One video's `<|seg|>` tokens and how to read its SAM-transformed frames."""
+
+    seg_tokens: torch.Tensor  # [n_obj, K, C]
+    num_frames: int
+    load_frames: Callable[[int, int], torch.Tensor]
+    height: int
+    width: int
+    masks: torch.Tensor | None = None
+    scores: list[float] = field(default_factory=list)
+
+    def masks_empty(self) -> torch.Tensor:
+        return torch.zeros(0, self.num_frames, self.height, self.width, dtype=torch.bool)

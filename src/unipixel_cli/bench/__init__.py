@@ -1,0 +1,1 @@
+"""Benchmarks: engine speed (`bench speed`) and ReVOS (`bench revos`)."""

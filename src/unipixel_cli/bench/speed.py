@@ -1,0 +1,146 @@
+"""`unipixel bench speed`: requests/s, per-stage time, forward-pass share and peak memory of the
+engine at several batch sizes, and of a per-sample loop like the authors' scripts."""
+
+from __future__ import annotations
+
+import json
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..engine import Engine, EngineOptions, Inferred, Prepared, run_pipeline
+from ..manifest import ManifestRow, load_manifest
+from ..synthetic import moving_shapes, write_video
+
+PROMPTS = ["Please segment the red ball.", "Please segment the yellow triangle in this video.",
+           "Please segment the blue box and the green ball.",
+           "Where is the ball? Please provide the segmentation mask."]
+
+
+@dataclass
+class SpeedResult:
+    mode: str
+    batch_size: int
+    requests: int
+    wall_s: float
+    requests_per_s: float
+    frames_per_s: float
+    decode_s: float
+    llm_s: float
+    sam2_s: float
+    encode_s: float
+    forward_share: float
+    peak_memory_mb: float
+
+
+class PerSampleEngine(Engine):
+    """The authors' loop: one request at a time, and for every `<|seg|>` a fresh SAM 2 pass
+    that recomputes the frame features (nothing shared across a video's objects)."""
+
+    def _infer(self, batch: list[Prepared]) -> list[Inferred]:
+        out = []
+        for p in batch:
+            t0 = time.perf_counter()
+            [res] = self.model.run_llm([p.request])
+            t1 = time.perf_counter()
+            tokens = self.model.seg_tokens(res.seg_hidden)
+            jobs = [self.mask_job(p, tokens[k:k + 1]) for k in range(tokens.shape[0])]
+            for job in jobs:
+                self.model.decode_masks_batched([job], chunk_size=self.options.sam2_chunk)
+            masks = torch.cat([j.masks for j in jobs]) if jobs else self.mask_job(p, tokens).masks_empty()
+            p.timings.update(llm=t1 - t0, sam2=time.perf_counter() - t1)
+            out.append(Inferred(p, res.generated_ids, masks, [s for j in jobs for s in j.scores]))
+        return out
+
+
+class _ForwardClock:
+    """Wall time spent inside model calls (LLM prefill/decode, seg head, SAM 2)."""
+
+    def __init__(self, model) -> None:
+        self.seconds = 0.0
+        self.model = model
+        self._orig = {}
+        for name in ("run_llm", "decode_masks", "decode_masks_batched", "seg_tokens"):
+            fn = getattr(model, name)
+            self._orig[name] = fn
+            setattr(model, name, self._timed(fn))
+
+    def _timed(self, fn):
+        def wrapper(*a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.seconds += time.perf_counter() - t0
+        return wrapper
+
+    def close(self) -> None:
+        for name, fn in self._orig.items():
+            setattr(self.model, name, fn)
+
+
+def synthetic_manifest(root: Path, n: int, num_frames: int = 32) -> Path:
+    rows = []
+    for i in range(n):
+        video = write_video(root / f"v{i}.mp4", moving_shapes(num_frames, seed=i))
+        rows.append({"id": f"s{i}", "video": str(video), "prompt": PROMPTS[i % len(PROMPTS)]})
+    path = root / "speed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(engine: Engine, rows: list[ManifestRow], mode: str) -> SpeedResult:
+    device = engine.model.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    clock = _ForwardClock(engine.model)
+    out: list[dict] = []
+    t0 = time.perf_counter()
+    try:
+        if mode == "per-sample":
+            for r in rows:  # strictly sequential: decode, model, encode, next
+                out.extend(engine([r]))
+        else:
+            run_pipeline(engine, rows, out.append)
+    finally:
+        clock.close()
+    wall = time.perf_counter() - t0
+    ok = [r for r in out if r["status"] == "ok"]
+    frames = sum(len(r["frame_indices"]) for r in ok)
+    stage = {k: sum(r["timings"][k] for r in ok) for k in ("decode", "llm", "sam2", "encode")}
+    return SpeedResult(mode, engine.options.batch_size, len(out), wall, len(out) / wall, frames / wall,
+                       stage["decode"], stage["llm"], stage["sam2"], stage["encode"], clock.seconds / wall,
+                       _peak_memory_mb(device))
+
+
+def run_speed(model, processor, manifest: Path | None, num_requests: int, batch_sizes: list[int],
+              baseline: bool, options: EngineOptions, repeats: int = 1) -> list[SpeedResult]:
+    with tempfile.TemporaryDirectory() as tmp:
+        if manifest is None:
+            manifest = synthetic_manifest(Path(tmp), num_requests)
+        rows, _ = load_manifest(manifest, "segment")
+        rows = rows[:num_requests]
+        results = []
+        warm = Engine(model, processor, EngineOptions(**{**asdict(options), "batch_size": 1}))
+        warm(rows[:1])  # first-call costs (allocators, kernels) are not what we measure
+        plans = ([("per-sample", 1)] if baseline else []) + [("batched", b) for b in batch_sizes]
+        for mode, bs in plans:
+            opts = EngineOptions(**{**asdict(options), "batch_size": bs})
+            cls = PerSampleEngine if mode == "per-sample" else Engine
+            runs = [measure(cls(model, processor, opts), rows, mode) for _ in range(repeats)]
+            results.append(min(runs, key=lambda r: r.wall_s))
+        return results
