@@ -286,7 +286,7 @@ def doctor() -> None:
     raise typer.Exit(EXIT_FATAL if missing else EXIT_OK)
 
 
-bench_app = typer.Typer(help="Benchmarks: engine speed.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: engine speed and ReVOS.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -332,6 +332,79 @@ def bench_speed(
     Console().print(table)
     if json_out:
         json_out.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
+@bench_app.command("revos")
+def bench_revos(
+    data: Annotated[Path, typer.Option("--data", help="ReVOS release folder (JPEGImages/, meta, mask dicts)")],
+    split: Annotated[str, typer.Option("--split")] = "valid",
+    out: OutOpt = Path("revos-out"),
+    preds: Annotated[Path | None, typer.Option("--preds", help="Score PNGs in the authors' layout; no model")] = None,
+    export_png: Annotated[Path | None, typer.Option("--export-png", help="Our PNGs (default OUT/preds)")] = None,
+    limit: LimitOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Evaluation processes")] = 4,
+    model: ModelOpt = "PolyU-ChenLab/UniPixel-3B",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: BatchOpt = 8,
+    max_new_tokens: TokensOpt = 512,
+    resume: ResumeOpt = True,
+    quiet: QuietOpt = False,
+    log_format: LogFmtOpt = "text",
+) -> None:
+    """Segment every ReVOS expression (propagate all, 16 LLM frames) and score J, F, J&F, A, R."""
+    import resource
+
+    from .bench.revos import (
+        RevosDataError,
+        evaluate,
+        export_pngs,
+        load_expressions,
+        summarize,
+        write_manifest,
+        write_reports,
+    )
+    from .output import read_results
+
+    try:
+        expressions = load_expressions(data, split)
+    except RevosDataError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(EXIT_USAGE) from e
+    if limit is not None:
+        expressions = expressions[:limit]
+    run_info = ""
+    if preds is None:
+        try:
+            manifest = write_manifest(data, expressions, out / f"revos_{split}_manifest.jsonl")
+        except RevosDataError as e:
+            console.print(f"[red]error:[/] {e}")
+            raise typer.Exit(EXIT_USAGE) from e
+        code = _run("segment", manifest, out / "results", model, device, dtype, batch_size, 16, "all",
+                    max_new_tokens, None, resume, None, quiet, log_format)
+        if code not in (EXIT_OK, EXIT_ROWS_FAILED):
+            raise typer.Exit(code)
+        results = read_results(out / "results").to_dict("records")
+        preds = export_png or out / "preds"
+        export_pngs(results, expressions, data, preds)
+        ok = [r for r in results if r["status"] == "ok"]
+        busy = sum(sum(r["timings"].values()) for r in ok)
+        frames = sum(len(r["frame_indices"]) for r in ok)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        run_info = (f"{len(results)} expressions, {len(results) - len(ok)} failed; {frames} frames; "
+                    f"{frames / max(busy, 1e-9):.1f} frames/s of stage time; peak RSS {peak:.0f} MB")
+    rows = evaluate(data, preds, expressions, workers=workers)
+    summary = summarize(rows)
+    json_path, csv_path = write_reports(rows, summary, out, split)
+    table = Table(title=f"ReVOS {split} ({len(rows)} expressions)")
+    for col in ("split", "J", "F", "J&F", "A", "R"):
+        table.add_column(col, justify="right")
+    for name, v in summary.items():
+        table.add_row(name, *(f"{v[k]:.2f}" for k in ("J", "F", "JF", "A", "R")))
+    Console().print(table)
+    if run_info:
+        Console().print(run_info)
+    Console().print(f"wrote {json_path} and {csv_path}")
 
 
 @weights_app.command("list")
