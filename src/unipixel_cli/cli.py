@@ -45,6 +45,8 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, envvar=env("LIMI
 QuietOpt = Annotated[bool, typer.Option("--quiet", envvar=env("QUIET"))]
 LogFmtOpt = Annotated[str, typer.Option("--log-format", envvar=env("LOG_FORMAT"), help="text | json")]
 OutOpt = Annotated[Path, typer.Option("-o", "--out", envvar=env("OUT"), help="Output dataset directory.")]
+RenderOpt = Annotated[Path | None, typer.Option("--render", envvar=env("RENDER"),
+                                                help="Also render overlays + index.html here as rows finish.")]
 
 
 def _setup_logging(fmt: str, quiet: bool) -> None:
@@ -95,7 +97,8 @@ class _Progress:
 
 def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: str,
          batch_size: int, sample_frames: int, propagate: str, max_new_tokens: int,
-         shard: str | None, resume: bool, limit: int | None, quiet: bool, log_format: str) -> int:
+         shard: str | None, resume: bool, limit: int | None, quiet: bool, log_format: str,
+         render_dir: Path | None = None) -> int:
     from .engine import EngineOptions, error_row, run_pipeline
     from .manifest import ManifestError, load_manifest
     from .output import LockHeld, OutputLock, ResultsWriter, Shard, part_files, written_ids
@@ -134,9 +137,15 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
                                 "max_new_tokens": max_new_tokens, "shard": shard or "0/1"}}
             writer = ResultsWriter(out, shard=shard_, metadata=meta, flush_rows=max(8, batch_size))
             progress = _Progress(total, quiet)
+            renderer = None
+            if render_dir is not None:
+                from .render import Renderer
+                renderer = Renderer(render_dir)
 
             def sink(row: dict) -> None:
                 writer.write(row)
+                if renderer is not None:
+                    renderer.render_row(row)
                 progress.update(row["status"] == "ok")
 
             try:
@@ -146,6 +155,8 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
             finally:
                 writer.close()
                 progress.close()
+                if renderer is not None:
+                    renderer.write_index()
             logging.info("finished: %d rows, %d failed, results in %s", progress.done, progress.failed, out)
             return EXIT_ROWS_FAILED if progress.failed else EXIT_OK
     except LockHeld as e:
@@ -185,10 +196,11 @@ def segment(
     limit: LimitOpt = None,
     quiet: QuietOpt = False,
     log_format: LogFmtOpt = "text",
+    render_dir: RenderOpt = None,
 ) -> None:
     """Segment what each prompt asks for; answers and masks go to a Parquet dataset."""
     raise typer.Exit(_run("segment", manifest, out, model, device, dtype, batch_size, sample_frames,
-                          propagate, max_new_tokens, shard, resume, limit, quiet, log_format))
+                          propagate, max_new_tokens, shard, resume, limit, quiet, log_format, render_dir))
 
 
 @app.command()
@@ -206,10 +218,32 @@ def pixelqa(
     limit: LimitOpt = None,
     quiet: QuietOpt = False,
     log_format: LogFmtOpt = "text",
+    render_dir: RenderOpt = None,
 ) -> None:
     """Answer questions about objects the user points at (points, boxes or masks)."""
     raise typer.Exit(_run("pixelqa", prompts, out, model, device, dtype, batch_size, sample_frames,
-                          "sampled", max_new_tokens, shard, resume, limit, quiet, log_format))
+                          "sampled", max_new_tokens, shard, resume, limit, quiet, log_format, render_dir))
+
+
+@app.command()
+def render(
+    results: Annotated[Path, typer.Argument(help="Results dataset directory.")],
+    out: OutOpt = Path("unipixel-render"),
+    ids: Annotated[str | None, typer.Option("--ids", help="Comma-separated ids to render")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="mp4 | gif | png")] = "mp4",
+    limit: LimitOpt = None,
+) -> None:
+    """Mask overlays (mp4/gif/png), contact sheets and a browsable index.html."""
+    from .render import render_results
+
+    if fmt not in ("mp4", "gif", "png"):
+        console.print(f"[red]--format must be mp4, gif or png, got {fmt!r}")
+        raise typer.Exit(EXIT_USAGE)
+    if not results.is_dir():
+        console.print(f"[red]error:[/] {results} is not a results directory")
+        raise typer.Exit(EXIT_USAGE)
+    index = render_results(results, out, ids.split(",") if ids else None, fmt, limit)
+    Console().print(f"wrote {index}")
 
 
 @app.command()

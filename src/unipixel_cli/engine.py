@@ -66,7 +66,7 @@ def error_row(task: str, err: RowError | None = None, mrow: ManifestRow | None =
         return {"id": err.id, "task": task, "line": err.line, "media": err.media, "prompt": err.prompt,
                 "status": "error", "error": err.message}
     row = mrow.row
-    return {"id": mrow.id, "task": task, "line": mrow.line, "media": row.media,
+    return {"id": mrow.id, "task": task, "line": mrow.line, "media": row.media, "media_path": str(mrow.media_path),
             "prompt": getattr(row, "prompt", None) or getattr(row, "question", None),
             "status": "error", "error": f"line {mrow.line}: {message}"}
 
@@ -157,6 +157,7 @@ class Engine:
         p.timings["encode"] = time.perf_counter() - t0
         return self.extra_fields(item) | {
             "id": p.mrow.id, "task": self.task, "line": p.mrow.line, "media": p.mrow.row.media,
+            "media_path": str(p.mrow.media_path),
             "prompt": self.prompt_of(p.mrow),
             "answer": self.answer_prefix(item)
             + tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip(),

@@ -26,6 +26,7 @@ TIMINGS = pa.struct([("decode", pa.float64()), ("llm", pa.float64()), ("sam2", p
                      ("encode", pa.float64())])
 SCHEMA = pa.schema([
     ("id", pa.string()), ("task", pa.string()), ("line", pa.int32()), ("media", pa.string()),
+    ("media_path", pa.string()),
     ("prompt", pa.string()), ("answer", pa.string()), ("raw_answer", pa.string()),
     ("choice", pa.string()), ("frame_indices", pa.list_(pa.int32())), ("height", pa.int32()),
     ("width", pa.int32()), ("objects", pa.list_(OBJECT)), ("status", pa.string()),
