@@ -138,20 +138,24 @@ def test_sigkill_mid_run_then_resume_keeps_every_row_exactly_once(tmp_path, conf
 
 def test_batch_sizes_give_identical_outputs(tmp_path, conformance_dir):
     cases = seg_cases(conformance_dir)
+    rows = [{**r, "id": f"{r['id']}-{k}"} for k in range(3) for r, _, _ in cases]  # 9 rows
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text("\n".join(json.dumps(r) for r, _, _ in cases))
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
     results = {}
-    for bs in (1, 3):
+    for bs in (1, 3, 8):
         out = tmp_path / f"out{bs}"
         assert cli("segment", manifest, "-o", out, "--model", conformance_dir / "tiny-unipixel",
                    "--batch-size", bs).returncode == 0
         results[bs] = read_results(out).set_index("id").sort_index()
-    a, b = results[1], results[3]
-    assert list(a["raw_answer"]) == list(b["raw_answer"])
-    for oa, ob in zip(a["objects"], b["objects"]):
-        for x, y in zip(oa, ob):
-            for m1, m2 in zip(x["masks"], y["masks"]):
-                u = (rle_decode(m1) | rle_decode(m2)).sum()
-                assert u == 0 or (rle_decode(m1) & rle_decode(m2)).sum() / u >= 0.99
-    assert np.allclose([o["score"] for objs in a["objects"] for o in objs],
-                       [o["score"] for objs in b["objects"] for o in objs], atol=1e-4)
+    a = results[1]
+    for bs in (3, 8):
+        b = results[bs]
+        assert list(a["raw_answer"]) == list(b["raw_answer"])
+        for oa, ob in zip(a["objects"], b["objects"]):
+            assert len(oa) == len(ob)
+            for x, y in zip(oa, ob):
+                for m1, m2 in zip(x["masks"], y["masks"]):
+                    u = (rle_decode(m1) | rle_decode(m2)).sum()
+                    assert u == 0 or (rle_decode(m1) & rle_decode(m2)).sum() / u >= 0.99
+        assert np.allclose([o["score"] for objs in a["objects"] for o in objs],
+                           [o["score"] for objs in b["objects"] for o in objs], atol=1e-4)

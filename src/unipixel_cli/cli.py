@@ -23,6 +23,11 @@ weights_app = typer.Typer(help="Known checkpoints: list and download.", no_args_
 app.add_typer(weights_app, name="weights")
 console = Console(stderr=True)
 
+
+def stdout_console() -> Console:
+    """Tables for people on a terminal; wide, unwrapped lines when piped to logs or files."""
+    return Console() if sys.stdout.isatty() else Console(width=240)
+
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_ROWS_FAILED, EXIT_LOCKED = 0, 1, 2, 3, 4
 
 
@@ -131,7 +136,8 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
             engine = _engine(task, model, device, dtype, EngineOptions(
                 sample_frames=sample_frames, propagate=propagate, max_new_tokens=max_new_tokens,
                 batch_size=batch_size))
-            meta = {"tool_version": __version__, "model": model, "task": task, "manifest": str(manifest),
+            meta = {"tool_version": __version__, "model": model, "model_path": str(engine.model_path),
+                    "task": task, "manifest": str(manifest),
                     "options": {"device": device, "dtype": dtype, "batch_size": batch_size,
                                 "sample_frames": sample_frames, "propagate": propagate,
                                 "max_new_tokens": max_new_tokens, "shard": shard or "0/1"}}
@@ -170,14 +176,18 @@ def _engine(task: str, model: str, device: str, dtype: str, options):
     from .weights import resolve_model
 
     try:
-        unipixel, processor = load_unipixel(resolve_model(model), device=device, dtype=dtype)
+        path = resolve_model(model)
+        unipixel, processor = load_unipixel(path, device=device, dtype=dtype)
     except ModelLoadError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(EXIT_FATAL) from e
     if task == "pixelqa":
         from .pixelqa import PixelQAEngine
-        return PixelQAEngine(unipixel, processor, options)
-    return Engine(unipixel, processor, options)
+        engine = PixelQAEngine(unipixel, processor, options)
+    else:
+        engine = Engine(unipixel, processor, options)
+    engine.model_path = path  # a hub snapshot path names the revision (commit hash)
+    return engine
 
 
 @app.command()
@@ -243,7 +253,7 @@ def render(
         console.print(f"[red]error:[/] {results} is not a results directory")
         raise typer.Exit(EXIT_USAGE)
     index = render_results(results, out, ids.split(",") if ids else None, fmt, limit)
-    Console().print(f"wrote {index}")
+    stdout_console().print(f"wrote {index}")
 
 
 @app.command()
@@ -265,7 +275,7 @@ def validate(
         raise typer.Exit(EXIT_USAGE) from e
     problems = [(b.line, b.id, b.message) for b in bad] + check_rows(rows)
     problems.sort()
-    out = Console()
+    out = stdout_console()
     if not problems:
         out.print(f"[green]ok[/]: {len(rows)} rows valid")
         raise typer.Exit(EXIT_OK)
@@ -283,7 +293,7 @@ def doctor() -> None:
     """Versions, device, model cache and anything missing."""
     import importlib
 
-    out = Console()
+    out = stdout_console()
     table = Table(title="unipixel doctor")
     table.add_column("item")
     table.add_column("status")
@@ -363,7 +373,7 @@ def bench_speed(
                       f"{r.requests_per_s:.2f}{speedup}", f"{r.frames_per_s:.1f}", f"{r.decode_s:.2f}",
                       f"{r.llm_s:.2f}", f"{r.sam2_s:.2f}", f"{r.encode_s:.2f}", f"{100 * r.forward_share:.0f}%",
                       f"{r.peak_memory_mb:.0f}")
-    Console().print(table)
+    stdout_console().print(table)
     if json_out:
         json_out.write_text(json.dumps([asdict(r) for r in results], indent=2))
 
@@ -435,10 +445,10 @@ def bench_revos(
         table.add_column(col, justify="right")
     for name, v in summary.items():
         table.add_row(name, *(f"{v[k]:.2f}" for k in ("J", "F", "JF", "A", "R")))
-    Console().print(table)
+    stdout_console().print(table)
     if run_info:
-        Console().print(run_info)
-    Console().print(f"wrote {json_path} and {csv_path}")
+        stdout_console().print(run_info)
+    stdout_console().print(f"wrote {json_path} and {csv_path}")
 
 
 @weights_app.command("list")
@@ -452,7 +462,7 @@ def weights_list() -> None:
     for c in REGISTRY.values():
         path = cached_path(c.repo_id, c.revision)
         table.add_row(c.name, c.repo_id, f"{c.size_gb:.1f} GB", str(path) if path else "no", c.note)
-    Console().print(table)
+    stdout_console().print(table)
 
 
 @weights_app.command("pull")
@@ -467,7 +477,7 @@ def weights_pull(name: Annotated[str, typer.Argument(help="Known name or hub id.
         console.print("[red]error:[/] HF_HUB_OFFLINE is set; cannot download")
         raise typer.Exit(EXIT_FATAL)
     try:
-        Console().print(f"downloaded to {pull(repo, rev)}")
+        stdout_console().print(f"downloaded to {pull(repo, rev)}")
     except ModelLoadError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(EXIT_FATAL) from e

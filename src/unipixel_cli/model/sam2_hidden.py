@@ -61,6 +61,8 @@ class HiddenPromptSAM2(SAM2Base):
 
     def frame_features(self, images: torch.Tensor) -> list[tuple]:
         """Backbone features of a chunk of SAM-transformed frames `[T, 3, S, S]`, one per frame."""
+        if self.device.type == "cuda":
+            images = images.pin_memory().to(self.device, non_blocking=True)
         backbone_out = self.forward_image(images.to(self.device, self.dtype))
         per_frame = []
         for i in range(images.shape[0]):

@@ -50,6 +50,13 @@ class LLMResult:
     trace: dict = field(default_factory=dict)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host → device copy; on CUDA through pinned memory so the copy overlaps compute."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def mrope_position_ids(input_ids: list[int], grid_thw: tuple[int, int, int], video_token: int,
                        merge: int, tokens_per_second: float,
                        second_per_grid: float = 1.0) -> torch.Tensor:
@@ -118,7 +125,7 @@ class UniPixel(torch.nn.Module):
     # -- vision ------------------------------------------------------------------------
     def encode_video(self, requests: list[LLMRequest]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One ViT pass over every request's frames → (video embeds, merger-MLP inputs) each."""
-        pixels = torch.cat([r.pixel_values for r in requests]).to(self.device, self.vision.dtype)
+        pixels = to_device(torch.cat([r.pixel_values for r in requests]), self.device).to(self.vision.dtype)
         grid = torch.tensor([r.grid_thw for r in requests], device=self.device)
         out = self.vision(pixels, grid_thw=grid)
         embeds = out.pooler_output if hasattr(out, "pooler_output") else out
