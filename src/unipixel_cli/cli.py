@@ -50,6 +50,23 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, envvar=env("LIMI
 QuietOpt = Annotated[bool, typer.Option("--quiet", envvar=env("QUIET"))]
 LogFmtOpt = Annotated[str, typer.Option("--log-format", envvar=env("LOG_FORMAT"), help="text | json")]
 OutOpt = Annotated[Path, typer.Option("-o", "--out", envvar=env("OUT"), help="Output dataset directory.")]
+EngineOpt = Annotated[str, typer.Option("--engine", envvar=env("ENGINE"), help="local | ray")]
+RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", envvar=env("RAY_ADDRESS"),
+                                                   help="Ray cluster address (auto, ray://host:10001); default: local")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, envvar=env("WORKERS"), help="Ray actors (models)")]
+GpusOpt = Annotated[float, typer.Option("--num-gpus-per-worker", min=0, envvar=env("NUM_GPUS_PER_WORKER"))]
+CpusOpt = Annotated[float, typer.Option("--cpus-per-worker", min=0.01, envvar=env("CPUS_PER_WORKER"))]
+
+
+def _ray_args(engine: str, address: str | None, workers: int, gpus: float, cpus: float) -> dict | None:
+    if engine not in ("local", "ray"):
+        console.print(f"[red]--engine must be local or ray, got {engine!r}")
+        raise typer.Exit(EXIT_USAGE)
+    if engine == "local":
+        return None
+    return {"address": address, "workers": workers, "num_gpus_per_worker": gpus, "cpus_per_worker": cpus}
+
+
 RenderOpt = Annotated[Path | None, typer.Option("--render", envvar=env("RENDER"),
                                                 help="Also render overlays + index.html here as rows finish.")]
 
@@ -103,7 +120,7 @@ class _Progress:
 def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: str,
          batch_size: int, sample_frames: int, propagate: str, max_new_tokens: int,
          shard: str | None, resume: bool, limit: int | None, quiet: bool, log_format: str,
-         render_dir: Path | None = None) -> int:
+         render_dir: Path | None = None, ray: dict | None = None) -> int:
     from .engine import EngineOptions, error_row, run_pipeline
     from .manifest import ManifestError, load_manifest
     from .output import LockHeld, OutputLock, ResultsWriter, Shard, part_files, written_ids
@@ -133,11 +150,12 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
             logging.info("%d rows to run (%d already done, %d invalid)", total, len(done), len(bad))
             if total == 0:
                 return EXIT_OK
-            engine = _engine(task, model, device, dtype, EngineOptions(
-                sample_frames=sample_frames, propagate=propagate, max_new_tokens=max_new_tokens,
-                batch_size=batch_size))
-            meta = {"tool_version": __version__, "model": model, "model_path": str(engine.model_path),
-                    "task": task, "manifest": str(manifest),
+            options = EngineOptions(sample_frames=sample_frames, propagate=propagate,
+                                    max_new_tokens=max_new_tokens, batch_size=batch_size)
+            engine = None if ray else _engine(task, model, device, dtype, options)
+            meta = {"tool_version": __version__, "model": model,
+                    "model_path": str(engine.model_path) if engine else model,
+                    "engine": "ray" if ray else "local", "task": task, "manifest": str(manifest),
                     "options": {"device": device, "dtype": dtype, "batch_size": batch_size,
                                 "sample_frames": sample_frames, "propagate": propagate,
                                 "max_new_tokens": max_new_tokens, "shard": shard or "0/1"}}
@@ -157,7 +175,15 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
             try:
                 for b in bad:
                     sink(error_row(task, err=b))
-                run_pipeline(engine, rows, sink)
+                if ray:
+                    from .distributed import run_ray
+                    try:
+                        run_ray(task, rows, sink, model, device, dtype, options, **ray)
+                    except RuntimeError as e:
+                        console.print(f"[red]error:[/] {e}")
+                        return EXIT_FATAL
+                else:
+                    run_pipeline(engine, rows, sink)
             finally:
                 writer.close()
                 progress.close()
@@ -207,10 +233,16 @@ def segment(
     quiet: QuietOpt = False,
     log_format: LogFmtOpt = "text",
     render_dir: RenderOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
+    num_gpus_per_worker: GpusOpt = 0.0,
+    cpus_per_worker: CpusOpt = 1.0,
 ) -> None:
     """Segment what each prompt asks for; answers and masks go to a Parquet dataset."""
     raise typer.Exit(_run("segment", manifest, out, model, device, dtype, batch_size, sample_frames,
-                          propagate, max_new_tokens, shard, resume, limit, quiet, log_format, render_dir))
+                          propagate, max_new_tokens, shard, resume, limit, quiet, log_format, render_dir,
+                          _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker)))
 
 
 @app.command()
@@ -229,10 +261,16 @@ def pixelqa(
     quiet: QuietOpt = False,
     log_format: LogFmtOpt = "text",
     render_dir: RenderOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 1,
+    num_gpus_per_worker: GpusOpt = 0.0,
+    cpus_per_worker: CpusOpt = 1.0,
 ) -> None:
     """Answer questions about objects the user points at (points, boxes or masks)."""
     raise typer.Exit(_run("pixelqa", prompts, out, model, device, dtype, batch_size, sample_frames,
-                          "sampled", max_new_tokens, shard, resume, limit, quiet, log_format, render_dir))
+                          "sampled", max_new_tokens, shard, resume, limit, quiet, log_format, render_dir,
+                          _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker)))
 
 
 @app.command()
