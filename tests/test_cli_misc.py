@@ -2,7 +2,7 @@
 
 import json
 
-from .test_cli_segment import cli
+from .helpers import cli
 
 
 def test_help_lists_the_commands():

@@ -10,7 +10,7 @@ from unipixel_cli.model.tiny import make_tiny_checkpoint
 from unipixel_cli.output import read_results
 from unipixel_cli.weights import resolve_model
 
-from .test_cli_segment import cli
+from .helpers import cli
 
 
 def test_tiny_checkpoint_is_seeded_and_loads_in_official_layout(tmp_path):

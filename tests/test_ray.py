@@ -9,9 +9,9 @@ import pytest
 
 from unipixel_cli.engine import EngineOptions
 from unipixel_cli.manifest import load_manifest
-from unipixel_cli.output import ResultsWriter, read_results, rle_decode
+from unipixel_cli.output import ResultsWriter, read_results
 
-from .test_cli_segment import cli
+from .helpers import assert_same_results, cli
 
 # before Ray is imported: workers use this environment, not a `uv run` of their own
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -34,18 +34,6 @@ class CrashOnceActor(UniPixelActor):
         return super().__call__(batch)
 
 
-def _compare(a, b):
-    a, b = a.set_index("id").sort_index(), b.set_index("id").sort_index()
-    assert list(a.index) == list(b.index)
-    assert list(a["status"]) == list(b["status"]) and list(a["raw_answer"]) == list(b["raw_answer"])
-    for oa, ob in zip(a["objects"], b["objects"]):
-        assert len(oa) == len(ob)
-        for x, y in zip(oa, ob):
-            for m1, m2 in zip(x["masks"], y["masks"]):
-                u = (rle_decode(m1) | rle_decode(m2)).sum()
-                assert u == 0 or (rle_decode(m1) & rle_decode(m2)).sum() / u >= 0.99
-
-
 def test_ray_engine_matches_local_engine(tmp_path, conformance_dir):
     manifest = ROOT / "examples" / "videos.jsonl"
     model = conformance_dir / "tiny-unipixel"
@@ -54,7 +42,7 @@ def test_ray_engine_matches_local_engine(tmp_path, conformance_dir):
     r = cli("segment", manifest, "-o", tmp_path / "ray", *common, "--engine", "ray", "--workers", "2",
             "--cpus-per-worker", "0.5", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    _compare(read_results(tmp_path / "local"), read_results(tmp_path / "ray"))
+    assert_same_results(read_results(tmp_path / "local"), read_results(tmp_path / "ray"))
 
 
 def test_killed_worker_is_replaced_without_losing_or_duplicating_rows(tmp_path, conformance_dir):

@@ -13,7 +13,7 @@ from PIL import Image
 from unipixel_cli.output import read_results, rle_decode
 from unipixel_cli.render import ALPHA, colour
 
-from .test_cli_segment import cli
+from .helpers import cli
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
