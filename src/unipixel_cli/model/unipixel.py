@@ -50,6 +50,25 @@ class LLMResult:
     trace: dict = field(default_factory=dict)
 
 
+@dataclass
+class DecodeState:
+    """What greedy decoding carries between steps, for the requests still in the batch."""
+
+    cache: DynamicCache
+    attn: torch.Tensor  # [b, seen] attention mask
+    next_pos: torch.Tensor  # [b] next MRoPE position (text tokens share it on all 3 axes)
+    last_hidden: torch.Tensor  # [b, D] final-norm state at the last position
+    last_pre_norm: torch.Tensor  # [b, D] the same position before the final norm
+    seg_hidden: list[list[torch.Tensor]]  # per request (all of them), states kept so far
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop finished requests from the batch and the KV cache."""
+        idx = torch.tensor(rows, device=self.attn.device)
+        self.cache.batch_select_indices(idx)
+        self.attn, self.next_pos = self.attn[idx], self.next_pos[idx]
+        self.last_hidden, self.last_pre_norm = self.last_hidden[idx], self.last_pre_norm[idx]
+
+
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host → device copy; on CUDA through pinned memory so the copy overlaps compute."""
     if device.type == "cuda":
@@ -162,15 +181,27 @@ class UniPixel(torch.nn.Module):
     # -- LLM ----------------------------------------------------------------------------
     @torch.inference_mode()
     def run_llm(self, requests: list[LLMRequest], trace: bool = False) -> list[LLMResult]:
-        """Batched prefill + greedy decoding (left padding, per-sample positions and EOS)."""
+        """inject → prefill → greedy decoding, batched (left padding, per-sample positions and EOS)."""
+        traces: list[dict] = [{} for _ in requests]
+        embeds, positions = self.inject(requests, traces if trace else None)
+        state = self.prefill(requests, embeds, positions, traces if trace else None)
+        return self.greedy_decode(requests, state, traces if trace else None)
+
+    def inject(self, requests: list[LLMRequest], traces: list[dict] | None = None):
+        """Token embeddings with video, `<|ref|>` and `<|mem|>` embeddings put in place."""
         with self.autocast():
             video_embeds, merger_in = self.encode_video(requests)
             embeds = [self.build_embeds(r, v, m) for r, v, m in zip(requests, video_embeds, merger_in)]
         positions = [self.position_ids(r) for r in requests]
-        traces: list[dict] = [{} for _ in requests]
-        if trace:
+        if traces is not None:
             for t, e, p, m in zip(traces, embeds, positions, merger_in):
                 t.update(inputs_embeds=e.float().cpu(), position_ids=p, merger_in=m.float().cpu())
+        return embeds, positions
+
+    def prefill(self, requests: list[LLMRequest], embeds: list[torch.Tensor], positions: list[torch.Tensor],
+                traces: list[dict] | None = None) -> DecodeState:
+        """One left-padded forward over all prompts; keeps the KV cache and the states at
+        teacher-forced `<|seg|>` tokens (the position before each)."""
         B, lengths = len(requests), [len(r.input_ids) for r in requests]
         L, D = max(lengths), embeds[0].shape[-1]
         batch = embeds[0].new_zeros(B, L, D)
@@ -178,40 +209,40 @@ class UniPixel(torch.nn.Module):
         attn = torch.zeros(B, L, dtype=torch.long)
         for b, (e, p, n) in enumerate(zip(embeds, positions, lengths)):
             batch[b, L - n:], pos[:, b, L - n:], attn[b, L - n:] = e, p, 1
-        pos, attn = pos.to(self.device), attn.to(self.device)
+        attn = attn.to(self.device)
         cache = DynamicCache(config=self.text_model.config)
-        out = self.text_model(inputs_embeds=batch, attention_mask=attn, position_ids=pos,
+        out = self.text_model(inputs_embeds=batch, attention_mask=attn, position_ids=pos.to(self.device),
                               past_key_values=cache, use_cache=True)
         pre_norm = self._captured.pop("pre_norm")
-        if trace:
+        if traces is not None:
             for b, n in enumerate(lengths):
                 traces[b]["prefill_hidden"] = out.last_hidden_state[b, L - n:].float().cpu()
-
-        seg_hidden: list[list[torch.Tensor]] = []
+        seg_hidden = []
         for b, req in enumerate(requests):
-            ids = req.input_ids
-            # teacher-forced <|seg|> tokens in the input: the state at the position before each
-            inds = [L - lengths[b] + i for i in range(len(ids) - 1) if ids[i + 1] == self.tokens.seg]
-            seg_hidden.append([pre_norm[b, i] for i in inds])
-        last_hidden = out.last_hidden_state[:, -1]
-        last_pre_norm = pre_norm[:, -1]
-        del pre_norm, out
+            ids, pad = req.input_ids, L - lengths[b]
+            seg_hidden.append([pre_norm[b, pad + i] for i in range(len(ids) - 1) if ids[i + 1] == self.tokens.seg])
+        return DecodeState(cache, attn, torch.stack([p.max() + 1 for p in positions]).to(self.device),
+                           out.last_hidden_state[:, -1], pre_norm[:, -1], seg_hidden)
 
+    def greedy_decode(self, requests: list[LLMRequest], state: DecodeState,
+                      traces: list[dict] | None = None) -> list[LLMResult]:
+        """Greedy steps until each request hits EOS or its budget; finished requests leave the
+        batch. Every step whose argmax is `<|seg|>` keeps its pre-norm state (`seg_hidden_states`)."""
+        B = len(requests)
         generated: list[list[int]] = [[] for _ in requests]
         eos_hit = [False] * B
         step_logits: list[list[torch.Tensor]] = [[] for _ in requests]
-        next_pos = torch.stack([p.max() + 1 for p in positions]).to(self.device)
-        rows = list(range(B))  # batch positions still decoding, in cache order
+        rows = list(range(B))  # requests still decoding, in batch (= KV cache) order
         while rows:
-            logits = self.llm.lm_head(last_hidden).float()
+            logits = self.llm.lm_head(state.last_hidden).float()
             nxt = logits.argmax(-1).tolist()
             still = []
             for i, b in enumerate(rows):
                 if nxt[i] == self.tokens.seg:
-                    seg_hidden[b].append(last_pre_norm[i])
+                    state.seg_hidden[b].append(state.last_pre_norm[i])
                 if not requests[b].generate:
                     continue  # teacher-forced: only the <|seg|> check on the last position
-                if trace:
+                if traces is not None:
                     step_logits[b].append(logits[i].cpu())
                 generated[b].append(nxt[i])
                 if nxt[i] in self.tokens.eos:
@@ -220,27 +251,29 @@ class UniPixel(torch.nn.Module):
                     still.append(i)
             if not still:
                 break
-            if len(still) < len(rows):  # finished requests leave the batch and the KV cache
-                keep = torch.tensor(still, device=self.device)
-                cache.batch_select_indices(keep)
-                attn, next_pos = attn[keep], next_pos[keep]
+            if len(still) < len(rows):
+                state.keep(still)
                 rows = [rows[i] for i in still]
-            feed = torch.tensor([generated[b][-1] for b in rows], device=self.device)
-            attn = torch.cat([attn, attn.new_ones(len(rows), 1)], dim=1)
-            out = self.text_model(inputs_embeds=self.text_model.embed_tokens(feed)[:, None],
-                                  attention_mask=attn, position_ids=next_pos.view(1, -1, 1).expand(3, -1, 1),
-                                  past_key_values=cache, use_cache=True)
-            next_pos = next_pos + 1
-            last_hidden = out.last_hidden_state[:, -1]
-            last_pre_norm = self._captured.pop("pre_norm")[:, -1]
-
+            self._step(state, [generated[b][-1] for b in rows])
         results = []
         for b in range(B):
-            hs = torch.stack(seg_hidden[b]) if seg_hidden[b] else last_hidden.new_zeros(0, D)
-            if trace and step_logits[b]:
-                traces[b]["step_logits"] = torch.stack(step_logits[b])
-            results.append(LLMResult(generated[b], hs, eos_hit[b], traces[b]))
+            hidden = state.seg_hidden[b]
+            hs = torch.stack(hidden) if hidden else state.last_hidden.new_zeros(0, state.last_hidden.shape[-1])
+            trace = traces[b] if traces is not None else {}
+            if step_logits[b]:
+                trace["step_logits"] = torch.stack(step_logits[b])
+            results.append(LLMResult(generated[b], hs, eos_hit[b], trace))
         return results
+
+    def _step(self, state: DecodeState, tokens: list[int]) -> None:
+        feed = torch.tensor(tokens, device=self.device)
+        state.attn = torch.cat([state.attn, state.attn.new_ones(len(tokens), 1)], dim=1)
+        out = self.text_model(inputs_embeds=self.text_model.embed_tokens(feed)[:, None], attention_mask=state.attn,
+                              position_ids=state.next_pos.view(1, -1, 1).expand(3, -1, 1),
+                              past_key_values=state.cache, use_cache=True)
+        state.next_pos = state.next_pos + 1
+        state.last_hidden = out.last_hidden_state[:, -1]
+        state.last_pre_norm = self._captured.pop("pre_norm")[:, -1]
 
     # -- SAM 2 ----------------------------------------------------------------------------
     @torch.inference_mode()
