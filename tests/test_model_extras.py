@@ -89,3 +89,41 @@ def test_offline_hub_id_not_cached_says_what_to_do(monkeypatch, tmp_path):
 def test_published_sam2_config_names_map_to_pypi_configs():
     assert sam2_config_name("configs/sam2.1_hiera_b+") == "configs/sam2.1/sam2.1_hiera_b+.yaml"
     assert sam2_config_name("configs/sam2_hiera_l.yaml") == "configs/sam2/sam2_hiera_l.yaml"
+
+
+def _shard_checkpoint(src, dst):
+    """Copy a checkpoint, splitting its weights into two safetensors shards + index, as on the hub."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    (dst / "model.safetensors").unlink()
+    keys = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    weight_map = {}
+    for name, part in halves.items():
+        save_file({k: tensors[k] for k in part}, str(dst / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return dst
+
+
+def test_hub_layout_in_the_hf_cache_loads_offline_by_short_name(tmp_path, monkeypatch, conformance_dir):
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--PolyU-ChenLab--UniPixel-3B" / "snapshots" / "0123456789abcdef"
+    _shard_checkpoint(conformance_dir / "tiny-unipixel", snapshot)
+    (cache / "models--PolyU-ChenLab--UniPixel-3B" / "refs").mkdir()
+    (cache / "models--PolyU-ChenLab--UniPixel-3B" / "refs" / "main").write_text("0123456789abcdef")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    path = resolve_model("unipixel-3b")
+    assert path == snapshot
+    sharded, _ = load_unipixel(path, device="cpu", dtype="fp32")
+    single, _ = load_unipixel(conformance_dir / "tiny-unipixel", device="cpu", dtype="fp32")
+    for (k, a), (_, b) in zip(sorted(sharded.state_dict().items()), sorted(single.state_dict().items())):
+        assert torch.equal(a, b), k

@@ -64,42 +64,46 @@ def run_ray(task: str, rows: list[ManifestRow], sink: Callable[[dict], None], mo
                  log_to_driver=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
-        _run_dataset(ray, task, rows, sink, model, device, dtype, options, address, workers,
-                     num_gpus_per_worker, cpus_per_worker, actor_cls)
+        _check_resources(ray, workers, cpus_per_worker, num_gpus_per_worker, fixed_cluster=address is None)
+        if not rows:
+            return
+        if Path(model).expanduser().exists():  # workers do not run in the driver's folder
+            model = str(Path(model).expanduser().resolve())
+        actor_kwargs = {"task": task, "model": model, "device": device, "dtype": dtype, "options": asdict(options)}
+        for row in _map_rows(ray, rows, actor_cls, actor_kwargs, options.batch_size, workers, cpus_per_worker,
+                             num_gpus_per_worker):
+            sink(row)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run_dataset(ray, task, rows, sink, model, device, dtype, options, address, workers, num_gpus_per_worker,
-                 cpus_per_worker, actor_cls) -> None:
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+def _check_resources(ray, workers: int, cpus: float, gpus: float, fixed_cluster: bool) -> None:
     have = ray.cluster_resources()
-    need = {"CPU": workers * cpus_per_worker, "GPU": workers * num_gpus_per_worker}
+    need = {"CPU": workers * cpus, "GPU": workers * gpus}
     short = [f"{k} {need[k]:g} > {have.get(k, 0):g}" for k in need if need[k] > have.get(k, 0)]
-    if short and address is None:
-        # a fixed local cluster never grows: Ray Data would wait forever
+    if short and fixed_cluster:
+        # a local cluster never grows: Ray Data would wait forever
         raise RuntimeError(f"{workers} workers need more than this Ray cluster has ({', '.join(short)}); "
                            "lower --workers, --cpus-per-worker or --num-gpus-per-worker")
-    if not rows:
-        return
-    if Path(model).expanduser().exists():  # workers do not run in the driver's folder
-        model = str(Path(model).expanduser().resolve())
+
+
+def _map_rows(ray, rows: list[ManifestRow], actor_cls: type, actor_kwargs: dict, batch_size: int, workers: int,
+              cpus: float, gpus: float):
+    """Result rows from a Ray Data actor pool, each id once even when a batch is retried."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
     items = [{"line": r.line, "id": r.id, "row": r.row.model_dump_json(exclude_none=True),
               "media_path": str(r.media_path.resolve())} for r in rows]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(1, options.batch_size)))
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(1, batch_size)))
     results = ds.map_batches(
-        actor_cls,
-        fn_constructor_kwargs={"task": task, "model": model, "device": device, "dtype": dtype,
-                               "options": asdict(options)},
-        batch_size=options.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
-        num_gpus=num_gpus_per_worker or None, num_cpus=cpus_per_worker,
+        actor_cls, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus or None, num_cpus=cpus,
         # a dead actor is replaced and its batch re-run; an actor that cannot start fails the run
         max_restarts=3, max_task_retries=-1)
     seen: set[str] = set()
     for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
         for row in batch.to_pylist():
-            if row["id"] not in seen:  # a retried batch never writes a row twice
+            if row["id"] not in seen:  # a retried batch never yields a row twice
                 seen.add(row["id"])
-                sink(row)
+                yield row
