@@ -59,6 +59,9 @@ class PixelQAPrepared(Prepared):
     bank: ObjectMemoryBank | None = None
     sources: dict[int, str] | None = None
     stage_b_text: str = ""
+    pixel_values: torch.Tensor | None = None
+    grid: tuple[int, int, int] = (0, 0, 0)
+    scores: dict[int, float] | None = None  # SAM 2 presence per referred object
 
 
 class PixelQAEngine(Engine):
@@ -106,8 +109,8 @@ class PixelQAEngine(Engine):
         stage_b = question_text(row) + (BEST_OPTION if row.options else "")
         p = PixelQAPrepared(mrow, media, idx, idx, frames, request, {"decode": time.perf_counter() - t0},
                             llm_size=size, ref_order=order, bank=bank,
-                            sources={o.id: o.source for o in row.objects}, stage_b_text=stage_b)
-        p.pixel_values, p.grid = pv, grid
+                            sources={o.id: o.source for o in row.objects}, stage_b_text=stage_b,
+                            pixel_values=pv, grid=grid)
         return p
 
     def _infer(self, batch: list[PixelQAPrepared]) -> list[Inferred]:
@@ -141,7 +144,7 @@ class PixelQAEngine(Engine):
             p.timings.update(llm=llm_s, sam2=sam_s / len(batch))
             ids = sorted(p.bank.objects)
             masks = torch.stack([p.bank.lookup(i) for i in ids])
-            scores = [getattr(p, "scores", {}).get(i, 1.0) for i in ids]
+            scores = [(p.scores or {}).get(i, 1.0) for i in ids]  # mask prompts: given, so 1.0
             out.append(Inferred(p, res.generated_ids, masks, scores))
         return out
 

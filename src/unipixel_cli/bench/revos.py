@@ -16,6 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..media import natural_key
+from ..output import rle_decode
 from .revos_metrics import expression_scores, rounded
 
 SPLIT_FILES = {"valid": "meta_expressions_valid_.json"}
@@ -95,8 +96,6 @@ def export_pngs(results, expressions: list[Expression], data: Path, out: Path) -
     or produced no mask is written as empty masks.
     """
     by_id = {r["id"]: r for r in results}
-    from ..output import rle_decode
-
     for e in expressions:
         folder = out / e.video / e.exp_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,12 +111,6 @@ def export_pngs(results, expressions: list[Expression], data: Path, out: Path) -
 
 # -- evaluation ---------------------------------------------------------------------------
 _STATE: dict = {}
-
-
-def _decode(rle) -> np.ndarray:
-    if isinstance(rle, list):
-        return mask_utils.decode(rle)
-    return mask_utils.decode(rle)
 
 
 def _score(e: Expression) -> tuple[float, float, float, float]:
@@ -137,7 +130,7 @@ def _score(e: Expression) -> tuple[float, float, float, float]:
                 rle = masks[str(anno_id)][t]
                 if rle:
                     gt[t] += mask_utils.decode(rle)
-            f = _decode(foreground[e.video]["masks_rle"][t])
+            f = mask_utils.decode(foreground[e.video]["masks_rle"][t])  # a list of RLEs gives [H, W, n]
             fg[t] = f.sum(axis=2).astype(np.uint8) if f.ndim == 3 else f.astype(np.uint8)
             pred[t] = np.asarray(Image.open(folder / e.exp_id / f"{name}.png").convert("L"))
         return expression_scores(gt, pred, fg)

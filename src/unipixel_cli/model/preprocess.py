@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
@@ -56,10 +54,6 @@ def sam2_transform(frames: np.ndarray | torch.Tensor, image_size: int) -> torch.
     x = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
     x = TF.resize(x, [image_size, image_size], antialias=True)
     return TF.normalize(x, SAM2_MEAN, SAM2_STD)
-
-
-def even_grid_t(num_frames: int) -> int:
-    return math.ceil(num_frames / 2)
 
 
 def refer_mask_grid(masks: torch.Tensor, llm_size: tuple[int, int]) -> torch.Tensor:
