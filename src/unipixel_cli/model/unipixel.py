@@ -142,9 +142,32 @@ class UniPixel(torch.nn.Module):
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     # -- vision ------------------------------------------------------------------------
-    def encode_video(self, requests: list[LLMRequest]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One ViT pass over every request's frames → (video embeds, merger-MLP inputs) each."""
-        pixels = to_device(torch.cat([r.pixel_values for r in requests]), self.device).to(self.vision.dtype)
+    def encode_video(self, requests: list[LLMRequest],
+                     max_patches: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """ViT over every request's frames → (video embeds, merger-MLP inputs) each.
+
+        The ViT attends within each video anyway, so requests share a pass only to fill an
+        accelerator (up to `max_patches`, about one 16-frame video at the default budget); on
+        the CPU a shared pass only costs copies and cache misses (measured), so one per video.
+        """
+        if max_patches is None:
+            max_patches = 16384 if self.device.type == "cuda" else 1
+        embeds: list[torch.Tensor] = []
+        merger_in: list[torch.Tensor] = []
+        group: list[LLMRequest] = []
+        for i, r in enumerate(requests):
+            group.append(r)
+            nxt = requests[i + 1].pixel_values.shape[0] if i + 1 < len(requests) else None
+            if nxt is None or sum(g.pixel_values.shape[0] for g in group) + nxt > max_patches:
+                e, m = self._vit_pass(group)
+                embeds += e
+                merger_in += m
+                group = []
+        return embeds, merger_in
+
+    def _vit_pass(self, requests: list[LLMRequest]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        pixels = torch.cat([r.pixel_values for r in requests]) if len(requests) > 1 else requests[0].pixel_values
+        pixels = to_device(pixels, self.device).to(self.vision.dtype)
         grid = torch.tensor([r.grid_thw for r in requests], device=self.device)
         out = self.vision(pixels, grid_thw=grid)
         embeds = out.pooler_output if hasattr(out, "pooler_output") else out
