@@ -140,3 +140,28 @@ def test_batch_sizes_give_identical_outputs(tmp_path, conformance_dir):
         results[bs] = read_results(out)
     for bs in (3, 8):
         assert_same_results(results[1], results[bs])
+
+
+def test_a_request_that_breaks_the_model_is_isolated_as_an_error_row(tmp_path, conformance_dir, monkeypatch):
+    """The engine splits a failing batch until the failure sits on one request; the others finish."""
+    from unipixel_cli.engine import Engine, EngineOptions
+    from unipixel_cli.manifest import load_manifest
+    from unipixel_cli.model.loading import load_unipixel
+
+    model, processor = load_unipixel(conformance_dir / "tiny-unipixel", device="cpu", dtype="fp32")
+    engine = Engine(model, processor, EngineOptions(max_new_tokens=8, batch_size=4))
+    rows, _ = load_manifest(_many_rows(tmp_path, conformance_dir, 4), "segment")
+    prepared = [engine.prepare(r) for r in rows]
+    poisoned = prepared[2].request
+    real = model.run_llm
+
+    def flaky(requests, trace=False):
+        if any(r is poisoned for r in requests):
+            raise RuntimeError("synthetic kernel failure")
+        return real(requests, trace)
+
+    monkeypatch.setattr(model, "run_llm", flaky)
+    out = [engine.finish(x) for x in engine.infer(prepared)]
+    assert {r["id"]: r["status"] for r in out} == {"r000": "ok", "r001": "ok", "r002": "error", "r003": "ok"}
+    err = next(r["error"] for r in out if r["id"] == "r002")
+    assert err.startswith("line 3:") and "synthetic kernel failure" in err

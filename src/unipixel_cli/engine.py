@@ -103,16 +103,26 @@ class Engine:
 
     # -- stage 2: model (GPU) -------------------------------------------------------------
     def infer(self, batch: list[Prepared]) -> list[Inferred | tuple[Prepared, str]]:
-        """LLM on the whole batch, then SAM 2 per video; CUDA OOM splits the batch."""
+        """LLM on the whole batch, then SAM 2 per video.
+
+        A failure splits the batch and retries the halves, so CUDA OOM costs only batch size
+        and any other error ends up on the one request that causes it, as an error row.
+        """
         try:
             return self._infer(batch)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            if len(batch) == 1:
-                return [(batch[0], "CUDA out of memory even at batch size 1")]
-            half = len(batch) // 2
-            log.warning("CUDA OOM at batch %d; retrying as %d + %d", len(batch), half, len(batch) - half)
-            return self.infer(batch[:half]) + self.infer(batch[half:])
+            reason = "CUDA out of memory even at batch size 1"
+        except Exception as e:
+            log.debug("batch of %d failed", len(batch), exc_info=True)
+            reason = f"inference failed: {type(e).__name__}: {e}"
+        if len(batch) == 1:
+            log.warning("line %d: %s", batch[0].mrow.line, reason)
+            return [(batch[0], reason)]
+        half = len(batch) // 2
+        log.warning("batch of %d failed (%s); retrying as %d + %d", len(batch), reason.split(":")[0], half,
+                    len(batch) - half)
+        return self.infer(batch[:half]) + self.infer(batch[half:])
 
     def _infer(self, batch: list[Prepared]) -> list[Inferred]:
         t0 = time.perf_counter()
