@@ -130,12 +130,11 @@ class PixelQAEngine(Engine):
             sam_s = time.perf_counter() - t1
         requests = []
         for p in batch:
-            is_image = p.media.is_image
-            prefix = p.bank.prefix(p.llm_size, is_image)
+            grids = p.bank.refer_masks(p.llm_size)
+            prefix = p.bank.prefix(p.llm_size, p.media.is_image, grids)
             text = chat_text(self.processor, prefix + p.stage_b_text,
                              answer_prefix=ANSWER_PREFIX if p.mrow.row.options else "")
-            requests.append(make_request(self.processor, text, p.pixel_values, p.grid,
-                                         refer_masks=p.bank.refer_masks(p.llm_size),
+            requests.append(make_request(self.processor, text, p.pixel_values, p.grid, refer_masks=grids,
                                          max_new_tokens=p.mrow.row.max_new_tokens or self.options.max_new_tokens))
         results = self.model.run_llm(requests)
         llm_s = (time.perf_counter() - t0 - sam_s) / len(batch)

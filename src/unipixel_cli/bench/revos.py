@@ -96,16 +96,18 @@ def export_pngs(results, expressions: list[Expression], data: Path, out: Path) -
     or produced no mask is written as empty masks.
     """
     by_id = {r["id"]: r for r in results}
+    sizes: dict[str, tuple[int, int]] = {}  # frame size per video, for requests without masks
     for e in expressions:
         folder = out / e.video / e.exp_id
         folder.mkdir(parents=True, exist_ok=True)
         row = by_id.get(e.row_id)
         objects = row["objects"] if row is not None and row["status"] == "ok" else []
         masks = list(objects[0]["masks"]) if len(objects) else []
-        files = sorted(frame_dir(data, e.video).iterdir(), key=lambda p: natural_key(p.name))
-        size = Image.open(files[0]).size[::-1] if files else (1, 1)
+        if len(masks) < len(e.frames) and e.video not in sizes:
+            files = sorted(frame_dir(data, e.video).iterdir(), key=lambda p: natural_key(p.name))
+            sizes[e.video] = Image.open(files[0]).size[::-1] if files else (1, 1)
         for i, name in enumerate(e.frames):
-            m = rle_decode(masks[i]) if i < len(masks) else np.zeros(size, bool)
+            m = rle_decode(masks[i]) if i < len(masks) else np.zeros(sizes[e.video], bool)
             Image.fromarray(m.astype(np.uint8) * 255, mode="L").save(folder / f"{name}.png")
 
 

@@ -36,9 +36,12 @@ class ObjectMemoryBank:
         """`[n_obj, grid_t, h/28, w/28]` masks on the LLM's merged visual grid, objects in id order."""
         return torch.stack([refer_mask_grid(self.objects[i], llm_size) for i in sorted(self.objects)])
 
-    def prefix(self, llm_size: tuple[int, int], is_image: bool) -> str:
-        """The training-data form of the memory prompt (SPEC §2), one `<|mem|>` per present pair."""
-        grids = self.refer_masks(llm_size)
+    def prefix(self, llm_size: tuple[int, int], is_image: bool, grids: torch.Tensor | None = None) -> str:
+        """The training-data form of the memory prompt (SPEC §2), one `<|mem|>` per present pair.
+
+        `grids` are this bank's `refer_masks(llm_size)` when the caller already has them.
+        """
+        grids = self.refer_masks(llm_size) if grids is None else grids
         if is_image:
             lines = [f"[{i}]: <|mem|>" for i in sorted(self.objects)]
             return "Here is an image with the following highlighted regions:\n" + "\n".join(lines) + "\n"
