@@ -38,8 +38,9 @@ class SpeedResult:
 
 
 class PerSampleEngine(Engine):
-    """The authors' loop: one request at a time, and for every `<|seg|>` a fresh SAM 2 pass
-    that recomputes the frame features (nothing shared across a video's objects)."""
+    """The authors' loop: one request at a time, and for every `<|seg|>` a fresh SAM 2 state
+    that recomputes the frame features one frame at a time as it reaches them (their
+    `SAM2VideoPredictor` path: `init_state` → `add_new_hidden_state` → `propagate_in_video`)."""
 
     def _infer(self, batch: list[Prepared]) -> list[Inferred]:
         out = []
@@ -50,7 +51,7 @@ class PerSampleEngine(Engine):
             tokens = self.model.seg_tokens(res.seg_hidden)
             jobs = [self.mask_job(p, tokens[k:k + 1]) for k in range(tokens.shape[0])]
             for job in jobs:
-                self.model.decode_masks_batched([job], chunk_size=self.options.sam2_chunk)
+                self.model.decode_masks_batched([job], chunk_size=1)
             masks = torch.cat([j.masks for j in jobs]) if jobs else self.mask_job(p, tokens).masks_empty()
             p.timings.update(llm=t1 - t0, sam2=time.perf_counter() - t1)
             out.append(Inferred(p, res.generated_ids, masks, [s for j in jobs for s in j.scores]))
