@@ -23,7 +23,7 @@ from .media import Media, MediaError, open_media
 from .model.loading import Processor
 from .model.preprocess import MIN_PIXELS, max_pixels_for, sam2_transform, uniform_indices
 from .model.prompting import chat_text, make_request, video_inputs
-from .model.unipixel import LLMRequest, MaskJob, UniPixel
+from .model.unipixel import LLMRequest, MaskJob, UniPixel, to_device
 from .output import rle_encode
 
 log = logging.getLogger(__name__)
@@ -140,13 +140,17 @@ class Engine:
         return out
 
     def mask_job(self, p: Prepared, seg_tokens: torch.Tensor) -> MaskJob:
-        """SAM 2 work for one request: its tokens and a loader of its SAM-transformed frames."""
-        media, sam_idx, size = p.media, p.sam_indices, self.model.sam2_image_size
-        if sam_idx is p.llm_indices:
-            sam_frames = sam2_transform(p.llm_frames, size)
-            load = lambda a, b: sam_frames[a:b]  # noqa: E731
-        else:  # propagate all: decode frames chunk by chunk as SAM 2 needs them
-            load = lambda a, b: sam2_transform(media.read(sam_idx[a:b]), size)  # noqa: E731
+        """SAM 2 work for one request: its tokens and a loader of its frames, chunk by chunk.
+
+        Frames cross to the model's device as uint8 and are resized/normalised there: on a
+        GPU that is a fraction of the float copy and of the CPU time (`propagate all` also
+        decodes each chunk only when SAM 2 reaches it).
+        """
+        media, sam_idx, size, device = p.media, p.sam_indices, self.model.sam2_image_size, self.model.device
+        def load(a: int, b: int) -> torch.Tensor:
+            frames = p.llm_frames[a:b] if sam_idx is p.llm_indices else media.read(sam_idx[a:b])
+            return sam2_transform(to_device(torch.from_numpy(frames), device), size)
+
         return MaskJob(seg_tokens, len(sam_idx), load, media.height, media.width)
 
     # -- stage 3: encode (CPU, runs behind) -------------------------------------------
@@ -203,8 +207,11 @@ class Engine:
 
 
 def _prepared_stream(engine: Engine, rows: Iterable[ManifestRow], workers: int,
-                     lookahead: int) -> Iterator[Prepared | dict]:
-    """Decode/preprocess ahead on worker threads (bounded), preserving manifest order."""
+                     lookahead: int) -> Iterator[tuple[Prepared | dict, bool]]:
+    """Decode/preprocess ahead on worker threads (bounded), preserving manifest order.
+
+    Yields `(item, next_is_ready)` so the consumer knows whether waiting would idle the model.
+    """
     def safe_prepare(r: ManifestRow):
         try:
             return engine.prepare(r)
@@ -214,14 +221,18 @@ def _prepared_stream(engine: Engine, rows: Iterable[ManifestRow], workers: int,
             log.exception("preparing line %d failed", r.line)
             return error_row(engine.task, mrow=r, message=f"{type(e).__name__}: {e}")
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    # one intra-op thread per decoder: the model's own torch threads keep the cores
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode",
+                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
         pending: list = []
         for r in rows:
             pending.append(pool.submit(safe_prepare, r))
             if len(pending) >= lookahead:
-                yield pending.pop(0).result()
-        for f in pending:
-            yield f.result()
+                item = pending.pop(0).result()
+                yield item, pending[0].done()
+        while pending:
+            item = pending.pop(0).result()
+            yield item, bool(pending) and pending[0].done()
 
 
 def run_pipeline(engine: Engine, rows: list[ManifestRow], sink: Callable[[dict], None]) -> None:
@@ -245,19 +256,20 @@ def run_pipeline(engine: Engine, rows: list[ManifestRow], sink: Callable[[dict],
     def flush_window(final: bool) -> None:
         # group requests of similar length so padding stays small
         window.sort(key=lambda p: len(p.request.input_ids) if p.request is not None else 0)
-        while len(window) >= opts.batch_size or (final and window):
+        while len(window) >= (1 if final else opts.batch_size):
             batch = [window.pop(0) for _ in range(min(opts.batch_size, len(window)))]
             for item in engine.infer(batch):
                 out_q.put(item)
             if failure:
                 raise failure[0]
 
-    for item in _prepared_stream(engine, rows, opts.prefetch_workers, lookahead=2 * opts.batch_size):
+    for item, next_ready in _prepared_stream(engine, rows, opts.prefetch_workers, lookahead=2 * opts.batch_size):
         if isinstance(item, dict):
             out_q.put(item)
             continue
         window.append(item)
-        if len(window) >= 2 * opts.batch_size:
+        # a wider window groups lengths better, but never at the price of an idle model
+        if len(window) >= 2 * opts.batch_size or (len(window) >= opts.batch_size and not next_ready):
             flush_window(final=False)
     flush_window(final=True)
     out_q.put(None)

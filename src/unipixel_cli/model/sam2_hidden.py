@@ -61,7 +61,7 @@ class HiddenPromptSAM2(SAM2Base):
 
     def frame_features(self, images: torch.Tensor) -> list[tuple]:
         """Backbone features of a chunk of SAM-transformed frames `[T, 3, S, S]`, one per frame."""
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and images.device.type == "cpu":
             images = images.pin_memory().to(self.device, non_blocking=True)
         backbone_out = self.forward_image(images.to(self.device, self.dtype))
         per_frame = []

@@ -71,7 +71,7 @@ class DecodeState:
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host → device copy; on CUDA through pinned memory so the copy overlaps compute."""
-    if device.type == "cuda":
+    if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 
