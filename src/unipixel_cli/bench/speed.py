@@ -14,6 +14,8 @@ import torch
 
 from ..engine import Engine, EngineOptions, Inferred, Prepared, run_pipeline
 from ..manifest import ManifestRow, load_manifest
+from ..model.preprocess import sam2_transform
+from ..model.unipixel import MaskJob
 from ..synthetic import moving_shapes, write_video
 
 PROMPTS = ["Please segment the red ball.", "Please segment the yellow triangle in this video.",
@@ -40,7 +42,8 @@ class SpeedResult:
 class PerSampleEngine(Engine):
     """The authors' loop: one request at a time, and for every `<|seg|>` a fresh SAM 2 state
     that recomputes the frame features one frame at a time as it reaches them (their
-    `SAM2VideoPredictor` path: `init_state` → `add_new_hidden_state` → `propagate_in_video`)."""
+    `SAM2VideoPredictor` path: `init_state` → `add_new_hidden_state` → `propagate_in_video`).
+    Their data loader transforms a request's SAM 2 frames once, up front; so does this."""
 
     def _infer(self, batch: list[Prepared]) -> list[Inferred]:
         out = []
@@ -49,7 +52,10 @@ class PerSampleEngine(Engine):
             [res] = self.model.run_llm([p.request])
             t1 = time.perf_counter()
             tokens = self.model.seg_tokens(res.seg_hidden)
-            jobs = [self.mask_job(p, tokens[k:k + 1]) for k in range(tokens.shape[0])]
+            raw = p.llm_frames if p.sam_indices is p.llm_indices else p.media.read(p.sam_indices)
+            frames = sam2_transform(torch.from_numpy(raw), self.model.sam2_image_size)
+            jobs = [MaskJob(tokens[k:k + 1], len(p.sam_indices), lambda a, b, f=frames: f[a:b], p.media.height,
+                            p.media.width) for k in range(tokens.shape[0])]
             for job in jobs:
                 self.model.decode_masks_batched([job], chunk_size=1)
             masks = torch.cat([j.masks for j in jobs]) if jobs else self.mask_job(p, tokens).masks_empty()
