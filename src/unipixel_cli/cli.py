@@ -402,7 +402,7 @@ def bench_speed(
                                       max_new_tokens=max_new_tokens), repeats=repeats)
     table = Table(title=f"unipixel bench speed ({model}, {engine.model.device}, {engine.model.compute_dtype})")
     for col in ("mode", "batch", "req", "wall s", "req/s", "frames/s", "decode s", "llm s", "sam2 s",
-                "encode s", "in forward", "peak MB"):
+                "encode s", "in forward", "peak MB", "same output"):
         table.add_column(col, justify="right")
     base = next((r.requests_per_s for r in results if r.mode == "per-sample"), None)
     for r in results:
@@ -410,7 +410,7 @@ def bench_speed(
         table.add_row(r.mode, str(r.batch_size), str(r.requests), f"{r.wall_s:.2f}",
                       f"{r.requests_per_s:.2f}{speedup}", f"{r.frames_per_s:.1f}", f"{r.decode_s:.2f}",
                       f"{r.llm_s:.2f}", f"{r.sam2_s:.2f}", f"{r.encode_s:.2f}", f"{100 * r.forward_share:.0f}%",
-                      f"{r.peak_memory_mb:.0f}")
+                      f"{r.peak_memory_mb:.0f}", f"{100 * r.same_output:.0f}%")
     stdout_console().print(table)
     if json_out:
         json_out.write_text(json.dumps([asdict(r) for r in results], indent=2))

@@ -3,6 +3,7 @@ engine at several batch sizes, and of a per-sample loop like the authors' script
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import tempfile
@@ -16,6 +17,7 @@ from ..engine import Engine, EngineOptions, Inferred, Prepared, run_pipeline
 from ..manifest import ManifestRow, load_manifest
 from ..model.preprocess import sam2_transform
 from ..model.unipixel import MaskJob
+from ..output import rle_decode
 from ..synthetic import moving_shapes, write_video
 
 PROMPTS = ["Please segment the red ball.", "Please segment the yellow triangle in this video.",
@@ -37,6 +39,7 @@ class SpeedResult:
     encode_s: float
     forward_share: float
     peak_memory_mb: float
+    same_output: float | None = None  # share of requests whose output matches the first setting's
 
 
 class PerSampleEngine(Engine):
@@ -104,16 +107,32 @@ def synthetic_manifest(root: Path, n: int, num_frames: int = 32) -> Path:
     return path
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    # Linux ≥ 4.0: "5" resets the peak RSS (VmHWM) so each run reports its own peak;
+    # elsewhere the process-lifetime peak is reported
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(engine: Engine, rows: list[ManifestRow], mode: str) -> SpeedResult:
+def measure(engine: Engine, rows: list[ManifestRow], mode: str) -> tuple[SpeedResult, dict[str, dict]]:
+    """One timed run → its numbers and its result rows by id."""
     device = engine.model.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak_memory(device)
     clock = _ForwardClock(engine.model)
     out: list[dict] = []
     t0 = time.perf_counter()
@@ -129,9 +148,26 @@ def measure(engine: Engine, rows: list[ManifestRow], mode: str) -> SpeedResult:
     ok = [r for r in out if r["status"] == "ok"]
     frames = sum(len(r["frame_indices"]) for r in ok)
     stage = {k: sum(r["timings"][k] for r in ok) for k in ("decode", "llm", "sam2", "encode")}
-    return SpeedResult(mode, engine.options.batch_size, len(out), wall, len(out) / wall, frames / wall,
-                       stage["decode"], stage["llm"], stage["sam2"], stage["encode"], clock.seconds / wall,
-                       _peak_memory_mb(device))
+    result = SpeedResult(mode, engine.options.batch_size, len(out), wall, len(out) / wall, frames / wall,
+                         stage["decode"], stage["llm"], stage["sam2"], stage["encode"], clock.seconds / wall,
+                         _peak_memory_mb(device))
+    return result, {r["id"]: r for r in out}
+
+
+def same_output(a: dict, b: dict, min_iou: float = 0.99) -> bool:
+    """Two result rows agree: status and answer exactly, every mask frame by IoU."""
+    if a["status"] != b["status"] or a.get("raw_answer") != b.get("raw_answer"):
+        return False
+    objs_a, objs_b = a.get("objects") or [], b.get("objects") or []
+    if len(objs_a) != len(objs_b):
+        return False
+    for x, y in zip(objs_a, objs_b):
+        for ma, mb in zip(x["masks"], y["masks"]):
+            ma, mb = rle_decode(ma), rle_decode(mb)
+            union = (ma | mb).sum()
+            if union and (ma & mb).sum() / union < min_iou:
+                return False
+    return True
 
 
 def run_speed(model, processor, manifest: Path | None, num_requests: int, batch_sizes: list[int],
@@ -145,9 +181,15 @@ def run_speed(model, processor, manifest: Path | None, num_requests: int, batch_
         warm = Engine(model, processor, EngineOptions(**{**asdict(options), "batch_size": 1}))
         warm(rows[:1])  # first-call costs (allocators, kernels) are not what we measure
         plans = ([("per-sample", 1)] if baseline else []) + [("batched", b) for b in batch_sizes]
+        reference: dict[str, dict] | None = None
         for mode, bs in plans:
             opts = EngineOptions(**{**asdict(options), "batch_size": bs})
             cls = PerSampleEngine if mode == "per-sample" else Engine
             runs = [measure(cls(model, processor, opts), rows, mode) for _ in range(repeats)]
-            results.append(min(runs, key=lambda r: r.wall_s))
+            best, outputs = min(runs, key=lambda r: r[0].wall_s)
+            # a speed-up only counts if the answers and masks are the same ones
+            reference = reference or outputs
+            best.same_output = sum(same_output(reference[i], outputs[i]) for i in reference
+                                   if i in outputs) / max(1, len(reference))
+            results.append(best)
         return results
