@@ -11,8 +11,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,12 +53,44 @@ class Prepared:
     timings: dict = field(default_factory=dict)
 
 
+class StreamedMasks:
+    """A request's masks, RLE-encoded frame by frame on a helper thread while SAM 2 is still
+    propagating: a long `propagate all` video holds RLEs, never all its dense masks."""
+
+    def __init__(self, pool: ThreadPoolExecutor, num_objects: int, num_frames: int, max_pending: int = 32) -> None:
+        self.pool = pool
+        self.num_objects = num_objects
+        self.frames: list[Future | None] = [None] * num_frames
+        self.pending: deque[Future] = deque()
+        self.max_pending = max_pending
+
+    def __call__(self, t: int, masks: torch.Tensor) -> None:
+        while len(self.pending) >= self.max_pending:  # back-pressure: dense frames never pile up
+            self.pending.popleft().result()
+        future = self.pool.submit(lambda m: [rle_encode(x) for x in m], masks.numpy())
+        self.frames[t] = future
+        self.pending.append(future)
+
+    def per_object(self) -> list[list[dict]]:
+        """`[n_obj][T]` COCO RLEs (waits for the encoder)."""
+        if not self.num_objects:
+            return []
+        per_frame = [f.result() for f in self.frames]
+        return [[frame[k] for frame in per_frame] for k in range(self.num_objects)]
+
+
 @dataclass
 class Inferred:
     prepared: Prepared
     generated_ids: list[int]
-    masks: torch.Tensor  # [n_obj, T, H, W] bool
+    masks: torch.Tensor | None  # [n_obj, T, H, W] bool, unless streamed
     scores: list[float]
+    streamed: StreamedMasks | None = None
+
+    def rles(self) -> list[list[dict]]:
+        if self.streamed is not None:
+            return self.streamed.per_object()
+        return [[rle_encode(m) for m in self.masks[k].numpy()] for k in range(self.masks.shape[0])]
 
 
 def error_row(task: str, err: RowError | None = None, mrow: ManifestRow | None = None,
@@ -78,6 +111,7 @@ class Engine:
         self.model = model
         self.processor = processor
         self.options = options
+        self.rle_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rle")
 
     # -- stage 1: decode + preprocess (thread-safe, CPU) --------------------------------
     def prepare(self, mrow: ManifestRow) -> Prepared:
@@ -130,13 +164,15 @@ class Engine:
         llm_s = (time.perf_counter() - t0) / len(batch)
         t1 = time.perf_counter()
         jobs = [self.mask_job(p, self.model.seg_tokens(res.seg_hidden)) for p, res in zip(batch, results)]
+        for job in jobs:
+            job.on_frame = StreamedMasks(self.rle_pool, job.seg_tokens.shape[0], job.num_frames)
         # every object of every video in the batch goes through SAM 2 together (per video length)
         self.model.decode_masks_batched(jobs, chunk_size=self.options.sam2_chunk)
         sam_s = (time.perf_counter() - t1) / len(batch)
         out = []
         for p, res, job in zip(batch, results, jobs):
             p.timings.update(llm=llm_s, sam2=sam_s)
-            out.append(Inferred(p, res.generated_ids, job.masks, job.scores))
+            out.append(Inferred(p, res.generated_ids, None, job.scores, streamed=job.on_frame))
         return out
 
     def mask_job(self, p: Prepared, seg_tokens: torch.Tensor) -> MaskJob:
@@ -164,8 +200,7 @@ class Engine:
             ids = ids[:-1]
         tok = self.processor.tokenizer
         objects = []
-        for k in range(item.masks.shape[0]):
-            rles = [rle_encode(m) for m in item.masks[k].numpy()]
+        for k, rles in enumerate(item.rles()):
             object_id, source = self.object_label(item, k)
             objects.append({"object_id": object_id, "source": source, "score": item.scores[k], "masks": rles})
         p.timings["encode"] = time.perf_counter() - t0

@@ -385,12 +385,13 @@ class UniPixel(torch.nn.Module):
     def decode_masks_batched(self, jobs: list[MaskJob], chunk_size: int = 16, trace: dict | None = None) -> None:
         """Decode several videos' objects in shared SAM 2 batches (one per video length).
 
-        Fills each job's `masks` `[n_obj, T, H, W]` (bool, CPU) and `scores` (mean
-        object-presence probability over the frames).
+        Fills each job's `scores` (mean object-presence probability over the frames) and
+        either hands each frame's bool masks `[n_obj, H, W]` (CPU) to its `on_frame` as soon as
+        SAM 2 has them, or, without one, fills its `masks` `[n_obj, T, H, W]`.
         """
         for job in jobs:
-            job.masks = torch.zeros(job.seg_tokens.shape[0], job.num_frames, job.height, job.width,
-                                    dtype=torch.bool)
+            job.masks = None if job.on_frame else torch.zeros(job.seg_tokens.shape[0], job.num_frames, job.height,
+                                                                  job.width, dtype=torch.bool)
             job.scores = []
         by_length: dict[int, list[MaskJob]] = {}
         for job in jobs:
@@ -405,7 +406,11 @@ class UniPixel(torch.nn.Module):
                 for t, low, step in self.sam2.propagate(hidden, num_frames, [j.load_frames for j in group],
                                                         chunk_size, objects_per_video=counts):
                     for j, a, b in zip(group, bounds[:-1], bounds[1:]):
-                        j.masks[:, t] = masks_at_resolution(low[a:b], j.height, j.width).cpu()
+                        masks = masks_at_resolution(low[a:b], j.height, j.width).cpu()
+                        if j.on_frame is not None:
+                            j.on_frame(t, masks)
+                        else:
+                            j.masks[:, t] = masks
                     presence.append(step["object_score_logits"].float().sigmoid().view(-1).cpu())
                     if trace is not None:
                         lowres.append(low[:, 0].float().cpu())
@@ -426,6 +431,8 @@ class MaskJob:
     load_frames: Callable[[int, int], torch.Tensor]
     height: int
     width: int
+    # per frame `(t, bool masks [n_obj, H, W])`; unset: the whole `masks` tensor is kept
+    on_frame: Callable[[int, torch.Tensor], None] | None = None
     masks: torch.Tensor | None = None
     scores: list[float] = field(default_factory=list)
 
