@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +16,15 @@ SHAPES = [("red", (220, 40, 40), "ball"), ("blue", (40, 80, 220), "box"), ("yell
 
 def moving_shapes(num_frames: int, height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
     """uint8 `[T, H, W, 3]`: a few coloured shapes moving over a grey background."""
+    return np.stack(list(iter_moving_shapes(num_frames, height, width, seed)))
+
+
+def iter_moving_shapes(num_frames: int, height: int = 120, width: int = 160, seed: int = 0) -> Iterator[np.ndarray]:
+    """The frames of `moving_shapes` one at a time (long clips without holding them all)."""
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(SHAPES), size=2, replace=False)
     starts = rng.uniform([10, 10], [width - 40, height - 40], size=(2, 2))
     speeds = rng.uniform(-2.5, 2.5, size=(2, 2))
-    frames = []
     for t in range(num_frames):
         img = Image.new("RGB", (width, height), (128, 128, 128))
         draw = ImageDraw.Draw(img)
@@ -32,18 +38,20 @@ def moving_shapes(num_frames: int, height: int = 120, width: int = 160, seed: in
                 draw.rectangle(box, fill=rgb)
             else:
                 draw.polygon([(x + 12, y), (x, y + 24), (x + 24, y + 24)], fill=rgb)
-        frames.append(np.asarray(img))
-    return np.stack(frames)
+        yield np.asarray(img)
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+def write_video(path: Path, frames: np.ndarray | Iterable[np.ndarray], fps: int = 10) -> Path:
+    """Encode uint8 RGB frames (an array or any iterable of `[H, W, 3]`) as H.264 (or MPEG-4)."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    frames = iter(frames)
+    first = next(frames)
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
+        stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
+        for f in itertools.chain([first], frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
