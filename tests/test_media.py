@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unipixel_cli.media import MediaError, load_frames, open_media
+from unipixel_cli.media import BlockReader, MediaError, load_frames, open_media
 from unipixel_cli.model.preprocess import force_prompt_frames, uniform_indices
 
 
@@ -29,6 +29,27 @@ def test_video_decodes_all_frames(conformance_dir):
     assert (media.kind, media.num_frames, media.height, media.width) == ("video", 16, 120, 160)
     frames = media.read([0, 5, 15])
     assert frames.shape == (3, 120, 160, 3) and frames.dtype == np.uint8
+
+
+def test_video_reads_are_exact_after_random_access(conformance_dir):
+    media = open_media(conformance_dir / "media" / "video.mp4")
+    every = media.read(list(range(16)))
+    assert np.array_equal(media.read([15, 3, 9]), every[[15, 3, 9]])
+    assert np.array_equal(media.read([4, 5, 6]), every[4:7])  # decoder parked at 0 in between
+
+
+def test_block_reader_serves_a_forward_scan_from_few_decodes(conformance_dir):
+    media = open_media(conformance_dir / "media" / "video.mp4")
+    indices = [1, 2, 3, 5, 8, 9, 10, 11, 12, 14]
+    every = media.read(list(range(16)))
+    calls = []
+    real_read = media.read
+    media.read = lambda idx: calls.append(list(idx)) or real_read(idx)
+    scan = BlockReader(media, indices, block=4)
+    got = [scan.read(a, min(a + 2, len(indices))) for a in range(0, len(indices), 2)]
+    assert np.array_equal(np.concatenate(got), every[indices])
+    assert calls == [indices[0:4], indices[4:8], indices[8:10]]
+    assert np.array_equal(scan.read(0, 6), every[indices[:6]])  # a jump back re-reads
 
 
 def test_frame_folder_uses_natural_sort(tmp_path):

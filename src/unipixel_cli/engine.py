@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .manifest import ManifestRow, RowError
-from .media import Media, MediaError, open_media
+from .media import BlockReader, Media, MediaError, open_media
 from .model.loading import Processor
 from .model.preprocess import MIN_PIXELS, max_pixels_for, sam2_transform, uniform_indices
 from .model.prompting import chat_text, make_request, video_inputs
@@ -183,9 +183,11 @@ class Engine:
         decodes each chunk only when SAM 2 reaches it).
         """
         media, sam_idx, size, device = p.media, p.sam_indices, self.model.sam2_image_size, self.model.device
+        scan = None if sam_idx is p.llm_indices else BlockReader(media, sam_idx, self.options.sam2_chunk)
+
         def load(a: int, b: int) -> torch.Tensor:
-            frames = p.llm_frames[a:b] if sam_idx is p.llm_indices else media.read(sam_idx[a:b])
-            return sam2_transform(to_device(torch.from_numpy(frames), device), size)
+            frames = p.llm_frames[a:b] if scan is None else scan.read(a, b)
+            return sam2_transform(to_device(torch.from_numpy(np.ascontiguousarray(frames)), device), size)
 
         return MaskJob(seg_tokens, len(sam_idx), load, media.height, media.width)
 

@@ -81,7 +81,11 @@ class Media:
     def _read_video(self, indices: list[int]) -> np.ndarray:
         try:
             if hasattr(self._reader, "get_batch"):
-                return self._reader.get_batch(indices).asnumpy()
+                frames = self._reader.get_batch(indices).asnumpy()
+                # decord keeps decoding ahead into memory after a batch until the next call
+                # (dmlc/decord#157, #208); parking it on frame 0 stops that
+                self._reader.seek(0)
+                return frames
             return np.stack([self._reader[i] for i in indices])
         except Exception as e:  # decoder errors come in many types
             raise MediaError(f"{self.path}: cannot decode frames ({e})") from e
@@ -153,6 +157,22 @@ def _open_video_pyav(path: Path) -> Media:
         raise MediaError(f"{path}: video has no frames")
     h, w = reader[0].shape[:2]
     return Media(path, "video", len(reader), h, w, _reader=reader)
+
+
+class BlockReader:
+    """`read(a, b)` → frames `indices[a:b]` for a forward scan (SAM 2 `propagate all`), decoded
+    at least `block` at a time: one decoder seek per block, never more than one block held."""
+
+    def __init__(self, media: Media, indices: list[int], block: int = 16) -> None:
+        self.media, self.indices, self.block = media, indices, block
+        self.start = 0
+        self.frames = np.zeros((0, media.height, media.width, 3), np.uint8)
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        if not (self.start <= a and b <= self.start + len(self.frames)):
+            end = min(len(self.indices), max(b, a + self.block))
+            self.frames, self.start = self.media.read(self.indices[a:end]), a
+        return self.frames[a - self.start:b - self.start]
 
 
 @dataclass
