@@ -1,3 +1,6 @@
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -38,18 +41,24 @@ def test_video_reads_are_exact_after_random_access(conformance_dir):
     assert np.array_equal(media.read([4, 5, 6]), every[4:7])  # decoder parked at 0 in between
 
 
-def test_block_reader_serves_a_forward_scan_from_few_decodes(conformance_dir):
+@pytest.mark.parametrize("ahead", [False, True])
+@pytest.mark.parametrize("step", [2, 3])
+def test_block_reader_serves_a_forward_scan_from_few_decodes(conformance_dir, ahead, step):
     media = open_media(conformance_dir / "media" / "video.mp4")
     indices = [1, 2, 3, 5, 8, 9, 10, 11, 12, 14]
     every = media.read(list(range(16)))
-    calls = []
+    calls, threads = [], set()
     real_read = media.read
-    media.read = lambda idx: calls.append(list(idx)) or real_read(idx)
-    scan = BlockReader(media, indices, block=4)
-    got = [scan.read(a, min(a + 2, len(indices))) for a in range(0, len(indices), 2)]
-    assert np.array_equal(np.concatenate(got), every[indices])
-    assert calls == [indices[0:4], indices[4:8], indices[8:10]]
-    assert np.array_equal(scan.read(0, 6), every[indices[:6]])  # a jump back re-reads
+    media.read = lambda idx: calls.append(list(idx)) or threads.add(threading.current_thread().name) or real_read(idx)
+    with ThreadPoolExecutor(1, thread_name_prefix="ahead") as pool:
+        scan = BlockReader(media, indices, block=4, pool=pool if ahead else None)
+        got = [scan.read(a, min(a + step, len(indices))) for a in range(0, len(indices), step)]
+        assert np.array_equal(np.concatenate(got), every[indices])
+        # whole blocks, each decoded once, whether or not a request straddles two of them
+        assert calls == [indices[0:4], indices[4:8], indices[8:10]]
+        assert all(t.startswith("ahead") for t in threads) if ahead else threads == {"MainThread"}
+        assert np.array_equal(scan.read(0, 6), every[indices[:6]])  # a jump back decodes again
+        assert np.array_equal(scan.read(6, 10), every[indices[6:10]])
 
 
 def test_frame_folder_uses_natural_sort(tmp_path):

@@ -112,6 +112,7 @@ class Engine:
         self.processor = processor
         self.options = options
         self.rle_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rle")
+        self.read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames")  # decode-ahead
 
     # -- stage 1: decode + preprocess (thread-safe, CPU) --------------------------------
     def prepare(self, mrow: ManifestRow) -> Prepared:
@@ -183,7 +184,8 @@ class Engine:
         decodes each chunk only when SAM 2 reaches it).
         """
         media, sam_idx, size, device = p.media, p.sam_indices, self.model.sam2_image_size, self.model.device
-        scan = None if sam_idx is p.llm_indices else BlockReader(media, sam_idx, self.options.sam2_chunk)
+        scan = None if sam_idx is p.llm_indices else BlockReader(media, sam_idx, self.options.sam2_chunk,
+                                                                 pool=self.read_pool)
 
         def load(a: int, b: int) -> torch.Tensor:
             frames = p.llm_frames[a:b] if scan is None else scan.read(a, b)

@@ -8,6 +8,7 @@ pull only the sampled frames, or stream `propagate all` in bounded chunks.
 from __future__ import annotations
 
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,18 +162,42 @@ def _open_video_pyav(path: Path) -> Media:
 
 class BlockReader:
     """`read(a, b)` → frames `indices[a:b]` for a forward scan (SAM 2 `propagate all`), decoded
-    at least `block` at a time: one decoder seek per block, never more than one block held."""
+    at least `block` at a time: one decoder seek per block, at most two blocks held.
 
-    def __init__(self, media: Media, indices: list[int], block: int = 16) -> None:
-        self.media, self.indices, self.block = media, indices, block
+    With a (single-worker) `pool`, every decode runs there and the next block is decoded while
+    the caller works on the current one, so the model does not wait on the video decoder.
+    """
+
+    def __init__(self, media: Media, indices: list[int], block: int = 16,
+                 pool: ThreadPoolExecutor | None = None) -> None:
+        self.media, self.indices, self.block, self.pool = media, indices, block, pool
         self.start = 0
         self.frames = np.zeros((0, media.height, media.width, 3), np.uint8)
+        self._ahead: tuple[int, int, Future] | None = None  # (start, end, decoded frames)
 
     def read(self, a: int, b: int) -> np.ndarray:
-        if not (self.start <= a and b <= self.start + len(self.frames)):
-            end = min(len(self.indices), max(b, a + self.block))
-            self.frames, self.start = self.media.read(self.indices[a:end]), a
+        held_end = self.start + len(self.frames)
+        if not (self.start <= a and b <= held_end):
+            keep = self.frames[a - self.start:] if self.start <= a < held_end else self.frames[:0]
+            first = a + len(keep)  # a request straddling two blocks keeps the held part
+            end = min(len(self.indices), max(b, first + self.block))
+            fresh = self._decode(first, end)
+            self.frames, self.start = (np.concatenate([keep, fresh]) if len(keep) else fresh), a
+            nxt = a + len(self.frames)
+            if self.pool is not None and nxt < len(self.indices):
+                ahead_end = min(len(self.indices), nxt + self.block)
+                self._ahead = (nxt, ahead_end, self.pool.submit(self.media.read, self.indices[nxt:ahead_end]))
         return self.frames[a - self.start:b - self.start]
+
+    def _decode(self, a: int, end: int) -> np.ndarray:
+        if self.pool is None:
+            return self.media.read(self.indices[a:end])
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            frames = ahead[2].result()  # also keeps the decoder to one thread at a time
+            if ahead[0] == a and ahead[1] >= end:
+                return frames
+        return self.pool.submit(self.media.read, self.indices[a:end]).result()
 
 
 @dataclass
