@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from unipixel_cli.bench.speed import _peak_memory_mb, _reset_peak_memory
+from unipixel_cli.bench.speed import peak_memory_mb, reset_peak_memory
 from unipixel_cli.engine import Engine, EngineOptions, run_pipeline
 from unipixel_cli.manifest import load_manifest
 from unipixel_cli.model.loading import load_unipixel
@@ -40,13 +40,13 @@ def main() -> None:
             manifest.write_text(json.dumps({"id": f"v{n}", "video": str(video),
                                             "prompt": "Please segment the red ball."}) + "\n")
             rows, _ = load_manifest(manifest, "segment")
-            _reset_peak_memory(model.device)
+            reset_peak_memory(model.device)
             out: list[dict] = []
             t0 = time.perf_counter()
             run_pipeline(engine, rows, out.append)
             objects = len(out[0].get("objects") or [])
             print(f"{n:6d} frames {args.width}x{args.height}: {objects} object(s), "
-                  f"peak {_peak_memory_mb(model.device):.0f} MB, {time.perf_counter() - t0:.1f} s")
+                  f"peak {peak_memory_mb(model.device):.0f} MB, {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

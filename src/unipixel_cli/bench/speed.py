@@ -107,7 +107,7 @@ def synthetic_manifest(root: Path, n: int, num_frames: int = 32) -> Path:
     return path
 
 
-def _reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
@@ -117,7 +117,7 @@ def _reset_peak_memory(device: torch.device) -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def _peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
@@ -132,7 +132,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 def measure(engine: Engine, rows: list[ManifestRow], mode: str) -> tuple[SpeedResult, dict[str, dict]]:
     """One timed run → its numbers and its result rows by id."""
     device = engine.model.device
-    _reset_peak_memory(device)
+    reset_peak_memory(device)
     clock = _ForwardClock(engine.model)
     out: list[dict] = []
     t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def measure(engine: Engine, rows: list[ManifestRow], mode: str) -> tuple[SpeedRe
     stage = {k: sum(r["timings"][k] for r in ok) for k in ("decode", "llm", "sam2", "encode")}
     result = SpeedResult(mode, engine.options.batch_size, len(out), wall, len(out) / wall, frames / wall,
                          stage["decode"], stage["llm"], stage["sam2"], stage["encode"], clock.seconds / wall,
-                         _peak_memory_mb(device))
+                         peak_memory_mb(device))
     return result, {r["id"]: r for r in out}
 
 
