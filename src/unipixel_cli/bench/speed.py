@@ -19,6 +19,7 @@ from ..model.preprocess import sam2_transform
 from ..model.unipixel import MaskJob
 from ..output import rle_decode
 from ..synthetic import moving_shapes, write_video
+from .revos_metrics import region_j
 
 PROMPTS = ["Please segment the red ball.", "Please segment the yellow triangle in this video.",
            "Please segment the blue box and the green ball.",
@@ -161,13 +162,8 @@ def same_output(a: dict, b: dict, min_iou: float = 0.99) -> bool:
     objs_a, objs_b = a.get("objects") or [], b.get("objects") or []
     if len(objs_a) != len(objs_b):
         return False
-    for x, y in zip(objs_a, objs_b):
-        for ma, mb in zip(x["masks"], y["masks"]):
-            ma, mb = rle_decode(ma), rle_decode(mb)
-            union = (ma | mb).sum()
-            if union and (ma & mb).sum() / union < min_iou:
-                return False
-    return True
+    return all(region_j(rle_decode(ma), rle_decode(mb)) >= min_iou
+               for x, y in zip(objs_a, objs_b) for ma, mb in zip(x["masks"], y["masks"]))
 
 
 def run_speed(model, processor, manifest: Path | None, num_requests: int, batch_sizes: list[int],

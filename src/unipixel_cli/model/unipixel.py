@@ -275,14 +275,12 @@ class UniPixel(torch.nn.Module):
         cache = parts[0][0] if len(parts) == 1 else _merge_left_padded([p[0] for p in parts], L, self.text_model.config)
         pre_norm = _cat_left_padded([p[1] for p in parts], L)
         last_hidden = _cat_left_padded([p[2] for p in parts], L)
-        order = [i for g in groups for i in g]
-        if order != sorted(order):  # groups follow length: back to request order
-            back = torch.tensor([order.index(b) for b in range(len(requests))], device=self.device)
+        order = torch.tensor([i for g in groups for i in g])
+        if not torch.equal(order, torch.arange(len(requests))):  # groups follow length: back to request order
+            back = order.argsort().to(self.device)
             cache.batch_select_indices(back)
             pre_norm, last_hidden = pre_norm[back], last_hidden[back]
-        attn = torch.zeros(len(requests), L, dtype=torch.long)
-        for b, n in enumerate(lengths):
-            attn[b, L - n:] = 1
+        attn = (torch.arange(L) >= L - torch.tensor(lengths)[:, None]).long()  # left padding
         if traces is not None:
             for b, n in enumerate(lengths):
                 traces[b]["prefill_hidden"] = last_hidden[b, L - n:].float().cpu()
