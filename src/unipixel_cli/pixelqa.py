@@ -84,7 +84,8 @@ class PixelQAEngine(Engine):
         idx = force_prompt_frames(idx, sorted({o.frame for o in row.objects}))
         frames = media.read(idx)
         pv, grid, size = video_inputs(self.processor, frames, MIN_PIXELS, max_pixels_for(sample, len(idx)))
-        bank = ObjectMemoryBank(len(idx), media.height, media.width)
+        mentioned = [int(i) for i in re.findall(r"\[(\d+)\]", question_text(row))]
+        bank = ObjectMemoryBank(len(idx), media.height, media.width, mention_order=list(dict.fromkeys(mentioned)))
         for o in row.objects:
             if o.mask is not None:
                 bank.add_frame_mask(o.id, idx.index(o.frame), torch.from_numpy(rle_decode(o.mask)))

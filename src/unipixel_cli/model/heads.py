@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from sam2.modeling.sam.prompt_encoder import PromptEncoder
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm
+
+from .sam2_precision import Fp32PEPromptEncoder
 
 
 class TemporalPositionEncoding(nn.Module):
@@ -19,12 +20,16 @@ class TemporalPositionEncoding(nn.Module):
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(1, num_pos_feats))
 
     def forward_with_coords(self, frame_idx: torch.Tensor, seq_length: int) -> torch.Tensor:
-        """`frame_idx` `[N]` → `[N, 2·num_pos_feats]`, computed in float32."""
-        coords = frame_idx.float()[:, None] / (seq_length - 1)
-        coords = 2 * coords - 1
-        coords = coords @ self.positional_encoding_gaussian_matrix.float()
-        coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        """`frame_idx` `[N]` → `[N, 2·num_pos_feats]`, computed in float32 and returned in the
+        matrix's dtype (authors' position_encoding.py:237 and qwen2_5_vl.py:223)."""
+        matrix = self.positional_encoding_gaussian_matrix
+        with torch.autocast(frame_idx.device.type, enabled=False):
+            coords = frame_idx.float()[:, None] / (seq_length - 1)
+            coords = 2 * coords - 1
+            coords = coords @ matrix.float()
+            coords = 2 * math.pi * coords
+            pe = torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        return pe.to(matrix.dtype)
 
 
 @dataclass
@@ -47,7 +52,7 @@ class UniPixelHeads(nn.Module):
         self.seg_head = nn.Sequential(
             Qwen2_5_VLRMSNorm(llm_dim), nn.Linear(llm_dim, llm_dim), nn.GELU(),
             nn.Linear(llm_dim, sam_dim * hidden_tokens))
-        self.ref_encoder = PromptEncoder(
+        self.ref_encoder = Fp32PEPromptEncoder(
             embed_dim=sam_dim,
             image_embedding_size=(sam_embedding_size, sam_embedding_size),
             input_image_size=(sam_image_size, sam_image_size),

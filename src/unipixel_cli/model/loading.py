@@ -117,6 +117,9 @@ def build_sam2(cfg: dict) -> HiddenPromptSAM2:
     overrides = [
         f"++model.image_size={cfg['sam2_image_size']}",
         "++model._target_=unipixel_cli.model.sam2_hidden.HiddenPromptSAM2",
+        # float32 islands of the authors' bf16 policy (no-ops on float32 weights)
+        "++model.image_encoder.trunk._target_=unipixel_cli.model.sam2_precision.Fp32PosEmbedHiera",
+        "++model.image_encoder.neck._target_=unipixel_cli.model.sam2_precision.Fp32UpsampleFpnNeck",
         *cfg.get("sam2_overrides", []),
     ]
     # sam2_apply_postprocessing=false in the published configs: no fill-hole, no stability
@@ -163,9 +166,7 @@ def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
             str(model_dir), config=qwen_config(cfg), dtype=compute_dtype, attn_implementation=attn,
             output_loading_info=True)
         processor = load_processor(model_dir, cfg)
-    missing = [k for k in info["missing_keys"] if not k.startswith("lm_head")]
-    if missing:
-        raise ModelLoadError(f"checkpoint lacks LLM weights, e.g. {missing[:3]}")
+    _check_llm_tensors(info, tied=cfg.get("tie_word_embeddings", False), model_dir=model_dir)
 
     sam2_model = build_sam2(cfg)
     sam2_sd = {SAM2_RENAMES.get(k[5:], k[5:]): v for k, v in read_tensors(files, ("sam2.",)).items()}
@@ -184,10 +185,11 @@ def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
     model = UniPixel(llm, sam2_model, heads, tokens=None, sam2_image_size=cfg["sam2_image_size"],
                      compute_dtype=compute_dtype)
     model.tokens = processor.tokens
-    # SAM 2 and the heads stay float32 and run under autocast (PyPI sam2's positional
-    # encodings are not written for bf16 weights); the LLM holds `compute_dtype` weights
-    model.sam2.float()
-    model.heads.float()
+    # the authors' policy: every parameter and persistent buffer in `compute_dtype` (the stored
+    # float32 random-Fourier matrices are rounded at load), no autocast; the float32 islands
+    # live in the modules themselves (sam2_precision.py)
+    model.sam2.to(compute_dtype)
+    model.heads.to(compute_dtype)
     model.to(dev).eval()
     log.info("loaded %s in %.2fs on %s (%s)", model_dir, time.perf_counter() - t0, dev, compute_dtype)
     return model, processor
@@ -206,6 +208,20 @@ def quiet_transformers():
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+
+
+def _check_llm_tensors(info: dict, tied: bool, model_dir: Path) -> None:
+    """Every LLM tensor comes from the checkpoint; the only tensors transformers may leave
+    to us are the UniPixel modules (read separately, strictly). A tied `lm_head` is the
+    embedding table; an untied one must be in the files, never randomly initialised."""
+    missing = [k for k in sorted(info["missing_keys"]) if not (tied and k.startswith("lm_head."))]
+    if missing:
+        raise ModelLoadError(f"{model_dir}: checkpoint lacks tensor {missing[0]}"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unexpected = [k for k in sorted(info["unexpected_keys"]) if not k.startswith(("sam2.", *HEAD_PREFIXES))]
+    if unexpected:
+        raise ModelLoadError(f"{model_dir}: checkpoint has tensor {unexpected[0]} that no module of "
+                             f"UniPixel uses" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
 
 
 def _load_strict(module: torch.nn.Module, state: dict, what: str) -> None:

@@ -17,6 +17,13 @@ class ObjectMemoryBank:
     height: int
     width: int
     objects: dict[int, torch.Tensor] = field(default_factory=dict)
+    # the memory prompt lists objects in the order the question first mentions them, as the
+    # authors' PixelQA script builds it; ids not in `mention_order` follow, by id
+    mention_order: list[int] = field(default_factory=list)
+
+    def prompt_order(self) -> list[int]:
+        rank = {obj_id: i for i, obj_id in enumerate(self.mention_order)}
+        return sorted(self.objects, key=lambda i: (rank.get(i, len(rank)), i))
 
     def prefill(self, object_id: int, masks: torch.Tensor) -> None:
         """Store a whole track `[T, H, W]` (from refer → segment)."""
@@ -33,8 +40,8 @@ class ObjectMemoryBank:
         return self.objects[object_id]
 
     def refer_masks(self, llm_size: tuple[int, int]) -> torch.Tensor:
-        """`[n_obj, grid_t, h/28, w/28]` masks on the LLM's merged visual grid, objects in id order."""
-        return torch.stack([refer_mask_grid(self.objects[i], llm_size) for i in sorted(self.objects)])
+        """`[n_obj, grid_t, h/28, w/28]` masks on the LLM's merged visual grid, in `prompt_order`."""
+        return torch.stack([refer_mask_grid(self.objects[i], llm_size) for i in self.prompt_order()])
 
     def prefix(self, llm_size: tuple[int, int], is_image: bool, grids: torch.Tensor | None = None) -> str:
         """The training-data form of the memory prompt (SPEC §2), one `<|mem|>` per present pair.
@@ -43,10 +50,10 @@ class ObjectMemoryBank:
         """
         grids = self.refer_masks(llm_size) if grids is None else grids
         if is_image:
-            lines = [f"[{i}]: <|mem|>" for i in sorted(self.objects)]
+            lines = [f"[{i}]: <|mem|>" for i in self.prompt_order()]
             return "Here is an image with the following highlighted regions:\n" + "\n".join(lines) + "\n"
         lines = []
-        for obj_id, grid in zip(sorted(self.objects), grids):
+        for obj_id, grid in zip(self.prompt_order(), grids):
             pairs = [t for t in range(grid.shape[0]) if grid[t].any()]
             lines.append(f"[{obj_id}]: " + " ".join(f"<{2 * t + 1}>-<{2 * t + 2}> <|mem|>" for t in pairs))
         return (f"Here is a video with {self.num_frames} frames denoted as <1> to <{self.num_frames}>. "

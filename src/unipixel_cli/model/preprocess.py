@@ -24,14 +24,22 @@ def uniform_indices(num_frames: int, sample_frames: int) -> list[int]:
 
 
 def force_prompt_frames(indices: list[int], prompt_frames: list[int]) -> list[int]:
-    """Each prompt frame replaces the nearest sampled index (PixelQA sampling)."""
+    """Each prompt frame replaces the nearest sampled index (PixelQA sampling, as the authors
+    do for their single prompt frame). A sampled index that is itself a prompt frame is never
+    replaced, so several prompt frames near one sample all stay; with more prompt frames than
+    samples the extra ones are added."""
     out = list(indices)
+    kept = {f for f in prompt_frames if f in out}
     for frame in prompt_frames:
-        if frame in out:
+        if frame in kept:
             continue
-        nearest = int(np.argmin([abs(i - frame) for i in out]))
-        out[nearest] = frame
-    return sorted(out)
+        free = [k for k, i in enumerate(out) if i not in kept]
+        if free:
+            out[min(free, key=lambda k: abs(out[k] - frame))] = frame
+        else:
+            out.append(frame)
+        kept.add(frame)
+    return sorted(set(out))
 
 
 def max_pixels_for(sample_frames: int, num_frames: int) -> int:

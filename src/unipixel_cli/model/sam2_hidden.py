@@ -17,11 +17,12 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from sam2.modeling.sam.prompt_encoder import PromptEncoder
 from sam2.modeling.sam2_base import SAM2Base
 
+from .sam2_precision import CastInputLinear, Fp32PEPromptEncoder
 
-class HiddenTokenPromptEncoder(PromptEncoder):
+
+class HiddenTokenPromptEncoder(Fp32PEPromptEncoder):
     """SAM prompt encoder that appends LLM-derived tokens after the point embeddings."""
 
     pending_hidden: torch.Tensor | None = None
@@ -46,6 +47,17 @@ class HiddenPromptSAM2(SAM2Base):
             input_image_size=pe.input_image_size,
             mask_in_chans=16,
         )
+        if isinstance(self.obj_ptr_tpos_proj, torch.nn.Linear):
+            proj = self.obj_ptr_tpos_proj
+            self.obj_ptr_tpos_proj = CastInputLinear(proj.in_features, proj.out_features)
+
+    def _forward_sam_heads(self, *args, **kwargs):
+        # PyPI upcasts the mask logits (and so the masks, pointers and everything after them)
+        # to float32; the authors keep them in the weights' dtype and only upsample to
+        # image_size in float32 (their sam2_base.py:373). The upcast values are exact, so
+        # casting back reproduces theirs bit for bit.
+        outputs = super()._forward_sam_heads(*args, **kwargs)
+        return tuple(o.to(self.dtype) if torch.is_floating_point(o) else o for o in outputs)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -159,6 +171,9 @@ def _null():
 
 
 def masks_at_resolution(low_res_logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Low-res SAM logits `[B, 1, s, s]` → boolean masks `[B, H, W]` at the original size."""
-    logits = F.interpolate(low_res_logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+    """Low-res SAM logits `[B, 1, s, s]` → boolean masks `[B, H, W]` at the original size.
+
+    Upsampled in the logits' own dtype, as the authors' predictor does before `> 0`.
+    """
+    logits = F.interpolate(low_res_logits, size=(height, width), mode="bilinear", align_corners=False)
     return logits[:, 0] > 0

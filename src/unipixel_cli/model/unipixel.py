@@ -9,7 +9,6 @@ All batched: B requests share one ViT pass, one padded prefill and one decode lo
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -171,11 +170,6 @@ class UniPixel(torch.nn.Module):
     def device(self) -> torch.device:
         return self.llm.lm_head.weight.device
 
-    def autocast(self):
-        if self.compute_dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.compute_dtype)
-
     # -- vision ------------------------------------------------------------------------
     def encode_video(self, requests: list[LLMRequest],
                      max_patches: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -247,9 +241,8 @@ class UniPixel(torch.nn.Module):
 
     def inject(self, requests: list[LLMRequest], traces: list[dict] | None = None):
         """Token embeddings with video, `<|ref|>` and `<|mem|>` embeddings put in place."""
-        with self.autocast():
-            video_embeds, merger_in = self.encode_video(requests)
-            embeds = [self.build_embeds(r, v, m) for r, v, m in zip(requests, video_embeds, merger_in)]
+        video_embeds, merger_in = self.encode_video(requests)
+        embeds = [self.build_embeds(r, v, m) for r, v, m in zip(requests, video_embeds, merger_in)]
         positions = [self.position_ids(r) for r in requests]
         if traces is not None:
             for t, e, p, m in zip(traces, embeds, positions, merger_in):
@@ -361,8 +354,7 @@ class UniPixel(torch.nn.Module):
     # -- SAM 2 ----------------------------------------------------------------------------
     @torch.inference_mode()
     def seg_tokens(self, seg_hidden: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            return self.heads.seg_tokens(seg_hidden.to(self.device))
+        return self.heads.seg_tokens(seg_hidden.to(self.device))
 
     @torch.inference_mode()
     def decode_masks(self, seg_tokens: torch.Tensor, num_frames: int,
@@ -400,18 +392,17 @@ class UniPixel(torch.nn.Module):
             hidden = torch.cat([j.seg_tokens for j in group])
             bounds = [0, *torch.tensor(counts).cumsum(0).tolist()]
             lowres, presence = [], []
-            with self.autocast():
-                for t, low, step in self.sam2.propagate(hidden, num_frames, [j.load_frames for j in group],
-                                                        chunk_size, objects_per_video=counts):
-                    for j, a, b in zip(group, bounds[:-1], bounds[1:]):
-                        masks = masks_at_resolution(low[a:b], j.height, j.width).cpu()
-                        if j.on_frame is not None:
-                            j.on_frame(t, masks)
-                        else:
-                            j.masks[:, t] = masks
-                    presence.append(step["object_score_logits"].float().sigmoid().view(-1).cpu())
-                    if trace is not None:
-                        lowres.append(low[:, 0].float().cpu())
+            for t, low, step in self.sam2.propagate(hidden, num_frames, [j.load_frames for j in group],
+                                                    chunk_size, objects_per_video=counts):
+                for j, a, b in zip(group, bounds[:-1], bounds[1:]):
+                    masks = masks_at_resolution(low[a:b], j.height, j.width).cpu()
+                    if j.on_frame is not None:
+                        j.on_frame(t, masks)
+                    else:
+                        j.masks[:, t] = masks
+                presence.append(step["object_score_logits"].float().sigmoid().view(-1).cpu())
+                if trace is not None:
+                    lowres.append(low[:, 0].float().cpu())
             # score = mean object-presence probability over the frames
             mean_presence = torch.stack(presence).mean(0).tolist()
             for j, a, b in zip(group, bounds[:-1], bounds[1:]):
