@@ -109,7 +109,8 @@ class RowFrameMasks(FrameMasks):
     def __init__(self, row: dict, frames: list[str]) -> None:
         objects = row.get("objects")
         masks = list(objects[0]["masks"]) if objects is not None and len(objects) else []
-        indices = list(row.get("frame_indices") or [])
+        # pandas gives numpy arrays: `array or []` is wrong for [0] and raises for longer ones
+        indices = [int(i) for i in (row.get("frame_indices") if row.get("frame_indices") is not None else [])]
         self._by_name = {frames[i]: m for i, m in zip(indices, masks) if 0 <= i < len(frames)}
         self._order = [frames[i] for i in indices if 0 <= i < len(frames)]
 
