@@ -104,6 +104,17 @@ def error_row(task: str, err: RowError | None = None, mrow: ManifestRow | None =
             "status": "error", "error": f"line {mrow.line}: {message}"}
 
 
+def pixel_budget(row, sample_frames: int, num_frames: int) -> tuple[int, int]:
+    """(min, max) pixels per LLM frame: the row's own, else the training budget."""
+    return row.min_pixels or MIN_PIXELS, row.max_pixels or max_pixels_for(sample_frames, num_frames)
+
+
+def second_per_grid(row) -> float:
+    """Seconds per temporal patch (2 frames) for MRoPE, from the sampled frames' rate; frame
+    lists count as 2 fps (1.0), as Qwen's vision utils give them."""
+    return 2.0 / row.sample_fps if row.sample_fps else 1.0
+
+
 class Engine:
     task = "segment"
 
@@ -125,14 +136,15 @@ class Engine:
             raise MediaError(f"{mrow.media_path}: start frame {start} is past the last frame "
                              f"({media.num_frames - 1})")
         sample = row.sample_frames or self.options.sample_frames
-        llm_idx = [start + i for i in uniform_indices(end - start, sample)]
+        llm_idx = list(row.frame_indices or [start + i for i in uniform_indices(end - start, sample)])
         propagate = getattr(row, "propagate", None) or self.options.propagate
         sam_idx = list(range(start, end)) if propagate == "all" else llm_idx
         frames = media.read(llm_idx)
-        pv, grid, _ = video_inputs(self.processor, frames, MIN_PIXELS, max_pixels_for(sample, len(llm_idx)))
-        text = chat_text(self.processor, row.prompt)
+        pv, grid, _ = video_inputs(self.processor, frames, *pixel_budget(row, sample, len(llm_idx)))
+        text = chat_text(self.processor, row.prompt, answer_prefix=row.answer_prefix or "")
         req = make_request(self.processor, text, pv, grid,
-                           max_new_tokens=row.max_new_tokens or self.options.max_new_tokens)
+                           max_new_tokens=row.max_new_tokens or self.options.max_new_tokens,
+                           second_per_grid=second_per_grid(row))
         return Prepared(mrow, media, llm_idx, sam_idx, frames, req,
                         {"decode": time.perf_counter() - t0})
 
@@ -230,7 +242,7 @@ class Engine:
         return {}
 
     def answer_prefix(self, item: Inferred) -> str:
-        return ""
+        return item.prepared.mrow.row.answer_prefix or ""
 
     # -- per-batch callable -------------------------------------------------------------
     def __call__(self, rows: list[ManifestRow]) -> list[dict]:

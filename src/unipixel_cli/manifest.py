@@ -26,6 +26,13 @@ class _Row(BaseModel):
     # their meta files so a stray file in the folder cannot shift the frames)
     frame_files: list[str] | None = Field(default=None, min_length=1)
     sample_frames: int | None = Field(default=None, ge=1, le=512)
+    # benchmarks that sample frames their own way (MVBench by fps, VideoRefer over annotated
+    # frames) name the source frames the LLM sees, and their pixel budget / frame rate
+    frame_indices: list[int] | None = Field(default=None, min_length=1)
+    min_pixels: int | None = Field(default=None, ge=28 * 28)
+    max_pixels: int | None = Field(default=None, ge=28 * 28)
+    sample_fps: float | None = Field(default=None, gt=0)
+    answer_prefix: str | None = None  # the assistant's reply starts with this text
     max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
     start: int | None = Field(default=None, ge=0)
     end: int | None = Field(default=None, ge=1)
@@ -53,6 +60,9 @@ class _Row(BaseModel):
         if len(given) != 1:
             raise ValueError("exactly one of 'video', 'frames' or 'image' is required"
                              + (f" (got {', '.join(given)})" if given else ""))
+        if self.frame_indices is not None and (min(self.frame_indices) < 0
+                                               or len(set(self.frame_indices)) != len(self.frame_indices)):
+            raise ValueError("'frame_indices' must be distinct source-frame indices >= 0")
         if self.frame_files is not None and not self.frames:
             raise ValueError("'frame_files' needs a 'frames' folder")
         if self.start is not None and self.end is not None and self.end <= self.start:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import Engine, Inferred, Prepared
+from .engine import Engine, Inferred, Prepared, pixel_budget
 from .manifest import ManifestRow, PixelQARow
 from .media import open_media
 from .model.heads import RefPrompt
 from .model.memory import ObjectMemoryBank
-from .model.preprocess import MIN_PIXELS, force_prompt_frames, max_pixels_for, uniform_indices
+from .model.preprocess import force_prompt_frames, uniform_indices
 from .model.prompting import chat_text, make_request, video_inputs
 from .output import rle_decode
 from .validation import pixelqa_problems
@@ -80,10 +80,10 @@ class PixelQAEngine(Engine):
         if outside:
             raise ValueError(f"objects {outside} are on frames outside start/end [{start}, {end})")
         sample = row.sample_frames or self.options.sample_frames
-        idx = [start + i for i in uniform_indices(end - start, sample)]
+        idx = list(row.frame_indices or [start + i for i in uniform_indices(end - start, sample)])
         idx = force_prompt_frames(idx, sorted({o.frame for o in row.objects}))
         frames = media.read(idx)
-        pv, grid, size = video_inputs(self.processor, frames, MIN_PIXELS, max_pixels_for(sample, len(idx)))
+        pv, grid, size = video_inputs(self.processor, frames, *pixel_budget(row, sample, len(idx)))
         mentioned = [int(i) for i in re.findall(r"\[(\d+)\]", question_text(row))]
         bank = ObjectMemoryBank(len(idx), media.height, media.width, mention_order=list(dict.fromkeys(mentioned)))
         for o in row.objects:

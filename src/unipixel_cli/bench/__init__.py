@@ -3,7 +3,7 @@
 Importing this package registers every benchmark module below in `REGISTRY`.
 """
 
-from . import res, revos, video  # noqa: F401  (registration)
+from . import mvbench, res, revos, video, videorefer  # noqa: F401  (registration)
 from .base import REGISTRY
 
 __all__ = ["REGISTRY"]

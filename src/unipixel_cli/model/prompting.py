@@ -38,10 +38,10 @@ def video_inputs(processor: Processor, frames: np.ndarray, min_pixels: int,
 def make_request(processor: Processor, text: str, pixel_values: torch.Tensor,
                  grid_thw: tuple[int, int, int], refs: list[RefPrompt] | None = None,
                  refer_masks: torch.Tensor | None = None, generate: bool = True,
-                 max_new_tokens: int = 512) -> LLMRequest:
+                 max_new_tokens: int = 512, second_per_grid: float = 1.0) -> LLMRequest:
     n_video = grid_thw[0] * grid_thw[1] * grid_thw[2] // 4
     text = text.replace(VIDEO_PAD, VIDEO_PAD * n_video, 1)
     ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
     return LLMRequest(input_ids=ids, pixel_values=pixel_values, grid_thw=grid_thw,
                       refs=refs or [], refer_masks=refer_masks, generate=generate,
-                      max_new_tokens=max_new_tokens)
+                      max_new_tokens=max_new_tokens, second_per_grid=second_per_grid)

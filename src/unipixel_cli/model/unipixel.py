@@ -39,6 +39,7 @@ class LLMRequest:
     refer_masks: torch.Tensor | None = None  # [n_obj, grid_t, h, w] bool for <|mem|>
     generate: bool = True  # False: teacher-forced forward only
     max_new_tokens: int = 512
+    second_per_grid: float = 1.0  # seconds per temporal patch, spaces MRoPE's time axis
 
 
 @dataclass
@@ -228,7 +229,7 @@ class UniPixel(torch.nn.Module):
     def position_ids(self, req: LLMRequest) -> torch.Tensor:
         vc = self.llm.config.vision_config
         return mrope_position_ids(req.input_ids, req.grid_thw, self.tokens.video,
-                                  vc.spatial_merge_size, vc.tokens_per_second)
+                                  vc.spatial_merge_size, vc.tokens_per_second, req.second_per_grid)
 
     # -- LLM ----------------------------------------------------------------------------
     @torch.inference_mode()
