@@ -248,3 +248,17 @@ def test_pixelqa_requests_and_scores(videorefer_root: Path, tmp_path: Path):
     assert s["F"] == pytest.approx(100 * f_one / 3, abs=1e-5)
     assert s["J&F"] == pytest.approx(100 * (j_one + f_one) / 6, abs=1e-5)
     assert s["all"]["Acc"] == 50.0
+
+
+def test_pixelqa_unscorable_answer_keeps_its_masks_scored(videorefer_root: Path, tmp_path: Path):
+    bench = PixelQA(videorefer_root, "point")
+    items = bench.load_items()[:1]
+    perfect = [{"object_id": k, "source": "point", "score": 1.0, "masks": masks} for k, masks in
+               ((0, [rle_of(0, 4, 0, 4), rle_of(0, 4, 0, 4)]), (1, [rle_of(6, 8, 6, 10), rle_of(0, 0, 0, 0)]))]
+    preds = write_answers(tmp_path / "preds", {"0": " B) leading space"}, {"0": perfect}, frame_indices=[3, 7])
+    (result,) = score_items(bench, items, prediction_source(bench, preds))
+    s = bench.summarize([result])
+    # both objects exact: object 0 has 4x4 px on frames 3 and 7 (32 px), object 1 2x4 px on frame 3 only
+    assert s["J"] == pytest.approx(100 * (32 / (32 + 1e-6) + 8 / (8 + 1e-6)) / 2, abs=1e-5)
+    assert s["all"] == {"#Samples": 1, "Failed": 1, "Acc": 0.0}
+    assert [u["id"] for u in s["unscorable_answers"]] == ["0"]

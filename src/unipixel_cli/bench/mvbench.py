@@ -128,7 +128,7 @@ class MVBench(QABenchmark):
                 path = self.data / "video" / folder / video
                 request = self.request(path, kind, question, options, gt)
                 items.append(Item(f"{Path(json_name).stem}::{k}", request, gt=gt,
-                                  info={"task": task, "video": f"{folder}/{video}", "note": gt.get("error", "")}))
+                                  info={"task": task, "media": f"{folder}/{video}", "note": gt.get("error", "")}))
         return items
 
     def request(self, path: Path, kind: str, question: str, options: list[str], gt: dict) -> dict | None:

@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 
 from ..output import rle_decode
 from .base import BenchDataError, Item, ItemResult, Prediction, register
-from .qa import QABenchmark, accuracy_summary
+from .qa import QABenchmark, UnscorableAnswer, accuracy_summary
 
 SAMPLE_FRAMES = 16
 SAM2_IMAGE_SIZE = 768  # of the published checkpoints; prompts are sampled at this size as theirs
@@ -123,7 +123,7 @@ class _VideoReferBase(QABenchmark):
         frame_idx = int(entry["frame_idx"])
         gt = {"options": options, "ans": entry["Answer"][1], "annotation": annotation, "frame_idx": frame_idx,
               "raw_frame_idx": entry["frame_idx"], "num_objects": len(annotation)}
-        info = {"task": entry["type"], "video": entry["video"]}
+        info = {"task": entry["type"], "media": entry["video"]}
         request = None
         try:
             if frame_idx not in all_frames:
@@ -221,8 +221,13 @@ class PixelQA(_VideoReferBase):
         return objects
 
     def score(self, item: Item, prediction: Prediction) -> dict:
-        qa = super().score(item, prediction)
         j_values, f_values = self.jf_values(item, prediction)
+        try:
+            qa = super().score(item, prediction)
+        except UnscorableAnswer as e:
+            # their eval_general stops here, eval_pixelqa still scores the masks: so do we, and
+            # the answer is counted wrong and listed under "unscorable_answers"
+            qa = {"correct": 0.0, "failed": 1.0, "answer_error": str(e)}
         return {**qa, "J": float(np.mean(j_values)), "F": float(np.mean(f_values)), "objects": len(j_values),
                 "j_values": j_values, "f_values": f_values}
 
@@ -259,7 +264,10 @@ class PixelQA(_VideoReferBase):
         f_values = [f for r in results for f in r.scores["f_values"]]
         avg_j = sum(j_values) / len(j_values) if j_values else 0.0
         avg_f = sum(f_values) / len(f_values) if f_values else 0.0
-        return {**accuracy_summary(results), "J": 100 * avg_j, "F": 100 * avg_f, "J&F": (avg_j + avg_f) / 2 * 100}
+        unscorable = [{"id": r.item.id, "error": r.scores["answer_error"]}
+                      for r in results if "answer_error" in r.scores]
+        return {**accuracy_summary(results), "J": 100 * avg_j, "F": 100 * avg_f, "J&F": (avg_j + avg_f) / 2 * 100,
+                "unscorable_answers": unscorable}
 
     def table(self, summary: dict) -> list[tuple[str, dict[str, float]]]:
         rows = super().table(summary)
