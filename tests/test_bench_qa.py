@@ -18,6 +18,7 @@ from unipixel_cli.bench.base import BenchDataError, prediction_source, score_ite
 from unipixel_cli.bench.mvbench import TASKS, MVBench, fps_frame_count, fps_indices
 from unipixel_cli.bench.qa import UnscorableAnswer, check_answer, first_letter
 from unipixel_cli.bench.videorefer import PixelQA, VideoReferQ, keep_sampling, pixel_jf, sam2_prompt
+from unipixel_cli.manifest import PixelQARow
 from unipixel_cli.output import ResultsWriter, rle_encode
 
 
@@ -192,8 +193,10 @@ def test_videorefer_q_single_frame_requests(videorefer_root: Path):
     # 2 frames: 100·28·28 … 144·28·28·⌊16/2⌋
     assert (req["min_pixels"], req["max_pixels"]) == (100 * 784, 144 * 784 * 8)
     assert items[0].gt["ans"] == "B" and items[1].info["task"] == "Future"
+    # multi-frame: every annotated mask on the sampled frames, one entry per (object, frame)
     multi = VideoReferQ(videorefer_root, "multi-frame").load_items()
-    assert multi[0].request is None and "--preds" in multi[0].info["note"]
+    assert [(o["id"], o["frame"]) for o in multi[0].request["objects"]] == [(0, 3), (0, 7), (1, 3)]
+    PixelQARow.model_validate({"video": "v.mp4", **multi[0].request})  # a valid pixelqa manifest row
 
 
 def test_videorefer_q_accuracy(videorefer_root: Path, tmp_path: Path):

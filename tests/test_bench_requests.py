@@ -73,3 +73,16 @@ def test_bench_refcoco_end_to_end_on_the_tiny_checkpoint(conformance_dir: Path, 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["items"] == {"total": 1, "scored": 1, "failed": 0, "failures": []}
     assert 0 <= summary["CIoU"] <= 100 and summary["Cum Union"] > 0  # random weights: any mask
+
+
+def test_pixelqa_row_accepts_a_mask_track_but_no_other_repeats():
+    from unipixel_cli.manifest import PixelQARow
+
+    rle = {"size": [4, 4], "counts": "04"}
+    base = {"video": "v.mp4", "question": "What is [0] doing?"}
+    track = [{"id": 0, "frame": 1, "mask": rle}, {"id": 0, "frame": 5, "mask": rle}]
+    assert len(PixelQARow.model_validate({**base, "objects": track}).objects) == 2
+    for bad in ([{"id": 0, "frame": 1, "mask": rle}, {"id": 0, "frame": 1, "mask": rle}],
+                [{"id": 0, "frame": 1, "point": [1, 1]}, {"id": 0, "frame": 5, "mask": rle}]):
+        with pytest.raises(ValueError, match="ids repeat"):
+            PixelQARow.model_validate({**base, "objects": bad})

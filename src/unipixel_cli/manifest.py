@@ -112,8 +112,11 @@ class PixelQARow(_Row):
     @model_validator(mode="after")
     def _objects_match_question(self):
         ids = [o.id for o in self.objects]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"object ids repeat: {ids}")
+        # an id may repeat only as a mask track: masks of one object on different frames
+        entries = [(o.id, o.frame if o.mask is not None else None) for o in self.objects]
+        tracks = {o.id for o in self.objects if o.mask is None or ids.count(o.id) == 1}
+        if len(set(entries)) != len(entries) or any(ids.count(i) > 1 for i in tracks):
+            raise ValueError(f"object ids repeat: {ids} (only masks of one object on different frames may)")
         text = self.question + " ".join(self.options or [])
         for i in ids:
             if f"[{i}]" not in text:

@@ -138,7 +138,7 @@ class _VideoReferBase(QABenchmark):
             request = {**self.media(entry["video"], sampled),
                        "question": replace_mentions(question, full),
                        "options": [replace_mentions(o, full) for o in options],
-                       "objects": self.objects(oids, annotation, frame_idx, entry),
+                       "objects": self.objects(oids, annotation, frame_idx, entry, sampled),
                        "min_pixels": self.min_pixels,
                        "max_pixels": self.pixels_per_frame * int(SAMPLE_FRAMES / len(sampled))}
             gt["oids"] = [int(o) for o in oids]
@@ -155,7 +155,8 @@ class _VideoReferBase(QABenchmark):
             return {"frames": str(path), "frame_files": names, "frame_indices": frames}
         return {"video": str(path), "frame_indices": frames}
 
-    def objects(self, oids: list[str], annotation: list[dict], frame_idx: int, entry: dict) -> list[dict]:
+    def objects(self, oids: list[str], annotation: list[dict], frame_idx: int, entry: dict,
+                frames: list[int]) -> list[dict]:
         raise NotImplementedError
 
 
@@ -167,10 +168,10 @@ class VideoReferQ(_VideoReferBase):
     splits = ("single-frame", "multi-frame")
     published = {"single-frame": {"Acc": (72.2, 73.4)}, "multi-frame": {"Acc": (72.8, 74.1)}}
 
-    def objects(self, oids: list[str], annotation: list[dict], frame_idx: int, entry: dict) -> list[dict]:
+    def objects(self, oids: list[str], annotation: list[dict], frame_idx: int, entry: dict,
+                frames: list[int]) -> list[dict]:
         if self.split == "multi-frame":
-            raise ValueError("multi-frame mask prompts (several masks per object) are not expressible in a "
-                             "pixelqa manifest yet; score existing predictions with --preds")
+            return self.mask_tracks(oids, annotation, frames)
         objects = []
         for oid, obj in zip(oids, annotation):
             # their single-frame masks: where str(frame) == the JSON's frame_idx (a string there)
@@ -178,6 +179,22 @@ class VideoReferQ(_VideoReferBase):
             if seg is None:
                 raise ValueError(f"object {oid} has no mask on the prompt frame {entry['frame_idx']!r}")
             objects.append({"id": int(oid), "frame": frame_idx, "mask": to_rle(seg)})
+        return objects
+
+    @staticmethod
+    def mask_tracks(oids: list[str], annotation: list[dict], frames: list[int]) -> list[dict]:
+        """Every annotated mask of each object on the sampled frames (theirs drop the others);
+        an empty mask adds nothing to memory, so it is left out."""
+        objects = []
+        for oid, obj in zip(oids, annotation):
+            track = []
+            for f in frames:
+                seg = obj.get(str(f), {}).get("segmentation")
+                if seg is not None and rle_decode(to_rle(seg)).any():
+                    track.append({"id": int(oid), "frame": f, "mask": to_rle(seg)})
+            if not track:
+                raise ValueError(f"object {oid} has no mask on the sampled frames")
+            objects += track
         return objects
 
 
@@ -210,7 +227,8 @@ class PixelQA(_VideoReferBase):
     pixels_per_frame = 256 * 28 * 28
     published = {}  # not in the authors' README table
 
-    def objects(self, oids: list[str], annotation: list[dict], frame_idx: int, entry: dict) -> list[dict]:
+    def objects(self, oids: list[str], annotation: list[dict], frame_idx: int, entry: dict,
+                frames: list[int]) -> list[dict]:
         objects = []
         for oid, obj in zip(oids, annotation):
             seg = obj.get(str(frame_idx), {}).get("segmentation")
