@@ -110,7 +110,7 @@ def test_mvbench_loader_requests(mvbench_root: Path):
     req = items[2].request
     assert req["prompt"] == ("What does the person do first?\nOptions:\n(A) Walk\n(B) Sit down"
                              "\nPlease only give the best option.")
-    assert req["answer_prefix"] == "Best Option: ("
+    assert req["answer_prefix"] == "Best Option: (" and req["propagate"] == "sampled"
     assert req["frame_indices"] == [0, 16, 33, 49] and req["sample_fps"] == pytest.approx(2.0, rel=1e-3)
     assert (req["min_pixels"], req["max_pixels"], req["max_new_tokens"]) == (128 * 784, 256 * 784, 256)
     # 62 frames: step 62 // 31 = 2 → 00001, 00003, …, 00061 (31 files)
