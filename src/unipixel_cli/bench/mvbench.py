@@ -133,10 +133,10 @@ class MVBench(QABenchmark):
 
     def request(self, path: Path, kind: str, question: str, options: list[str], gt: dict) -> dict | None:
         """The manifest row, or None (scored 0) where their pipeline cannot run the item."""
-        # QA only: no SAM 2 pass over every frame should the answer hold a <|seg|>
-        row = {"prompt": mcq_prompt(question, options), "answer_prefix": ANSWER_PREFIX, "propagate": "sampled",
-               "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "max_new_tokens": MAX_NEW_TOKENS}
         try:
+            # QA only: no SAM 2 pass over every frame should the answer hold a <|seg|>
+            row = {"prompt": mcq_prompt(question, options), "answer_prefix": ANSWER_PREFIX, "propagate": "sampled",
+                   "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "max_new_tokens": MAX_NEW_TOKENS}
             if not path.exists():
                 raise ValueError(f"{path}: not found")
             if kind == "frame":
