@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -80,3 +81,61 @@ def test_missing_head_tensor_is_a_load_error(checkpoint_copy):
     save_file(weights, checkpoint_copy / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match="tem_proj.bias"):
         load_unipixel(checkpoint_copy, device="cpu", dtype="fp32")
+
+
+def test_rgba_image_llm_over_white_sam2_alpha_dropped(tmp_path):
+    from PIL import Image
+
+    from unipixel_cli.media import open_media
+
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., :3] = (10, 200, 30)
+    rgba[:, :3, 3] = 0  # transparent, colour kept underneath
+    rgba[:, 3:, 3] = 255
+    path = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    for media in (open_media(path), open_media(_frame_folder(tmp_path, path))):
+        assert media.has_alpha
+        llm, sam = media.read_views([0])
+        assert (sam[0] == (10, 200, 30)).all()  # SAM 2: alpha dropped
+        assert (llm[0, :, :3] == 255).all() and (llm[0, :, 3:] == (10, 200, 30)).all()  # LLM: over white
+
+
+def _frame_folder(tmp_path, image):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    shutil.copy(image, folder / "00000.png")
+    shutil.copy(image, folder / "00001.png")
+    return folder
+
+
+def test_engine_sends_rgba_views_like_the_authors(conformance_dir, tmp_path):
+    """The engine path (not only the conformance harness) reproduces the RGBA golden case."""
+    from unipixel_cli.engine import Engine, EngineOptions
+    from unipixel_cli.manifest import load_manifest
+
+    more = conformance_dir / "more"
+    case = next((c for c in _cases(more) if c.get("media_type") == "image_rgba"), None)
+    if case is None:
+        pytest.skip("fixture has no RGBA image case")
+    golden = next(c for c in json.loads((more / "golden.json").read_text())["cases"] if c["case_id"] == case["id"])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "rgba", "image": str((more / case["media"]).resolve()),
+                                    "prompt": case["prompt"], "sample_frames": case["sample_frames"],
+                                    "max_new_tokens": case["max_new_tokens"]}) + "\n")
+    rows, errors = load_manifest(manifest, "segment")
+    assert not errors
+    model, proc = load_unipixel(conformance_dir / "tiny-unipixel", device="cpu", dtype="fp32")
+    (row,) = list(Engine(model, proc, EngineOptions())(rows))
+    call = golden["calls"][0]
+    assert row["status"] == "ok" and row["raw_answer"].startswith(call["response"])
+    from pycocotools import mask as mask_utils
+
+    from unipixel_cli.output import rle_decode
+    for obj, gm in zip(row["objects"], call["masks"], strict=True):
+        ours, theirs = rle_decode(obj["masks"][0]), mask_utils.decode(gm["frames"][0]["rle"]).astype(bool)
+        assert (ours & theirs).sum() / max(1, (ours | theirs).sum()) >= 0.98
+
+
+def _cases(folder):
+    return [json.loads(line) for line in (folder / "cases.jsonl").read_text().splitlines() if line.strip()]

@@ -38,6 +38,8 @@ class EngineOptions:
     batch_size: int = 8
     sam2_chunk: int = 16
     prefetch_workers: int = 2
+    # each row's output independent of the rows batched with it (bf16): see UniPixel.batch_invariant
+    batch_invariant: bool = False
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Prepared:
     llm_indices: list[int]
     sam_indices: list[int]
     llm_frames: np.ndarray
+    sam_frames: np.ndarray  # the sampled frames as SAM 2 sees them (differ from the LLM's only with alpha)
     request: LLMRequest
     timings: dict = field(default_factory=dict)
 
@@ -122,6 +125,7 @@ class Engine:
         self.model = model
         self.processor = processor
         self.options = options
+        model.batch_invariant = options.batch_invariant
         self.rle_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rle")
         self.read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames")  # decode-ahead
 
@@ -139,13 +143,13 @@ class Engine:
         llm_idx = list(row.frame_indices or [start + i for i in uniform_indices(end - start, sample)])
         propagate = getattr(row, "propagate", None) or self.options.propagate
         sam_idx = list(range(start, end)) if propagate == "all" else llm_idx
-        frames = media.read(llm_idx)
+        frames, sam_frames = media.read_views(llm_idx)
         pv, grid, _ = video_inputs(self.processor, frames, *pixel_budget(row, sample, len(llm_idx)))
         text = chat_text(self.processor, row.prompt, answer_prefix=row.answer_prefix or "")
         req = make_request(self.processor, text, pv, grid,
                            max_new_tokens=row.max_new_tokens or self.options.max_new_tokens,
                            second_per_grid=second_per_grid(row))
-        return Prepared(mrow, media, llm_idx, sam_idx, frames, req,
+        return Prepared(mrow, media, llm_idx, sam_idx, frames, sam_frames, req,
                         {"decode": time.perf_counter() - t0})
 
     # -- stage 2: model (GPU) -------------------------------------------------------------
@@ -200,7 +204,7 @@ class Engine:
                                                                  pool=self.read_pool)
 
         def load(a: int, b: int) -> torch.Tensor:
-            frames = p.llm_frames[a:b] if scan is None else scan.read(a, b)
+            frames = p.sam_frames[a:b] if scan is None else scan.read(a, b)
             return sam2_transform(to_device(torch.from_numpy(np.ascontiguousarray(frames)), device), size)
 
         return MaskJob(seg_tokens, len(sam_idx), load, media.height, media.width)

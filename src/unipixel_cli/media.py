@@ -27,22 +27,33 @@ def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, img)
+def to_rgb(img: Image.Image, for_llm: bool = False) -> np.ndarray:
+    """RGB pixels of an image as the authors' two loaders see it: SAM 2's drops any alpha
+    channel (transparent pixels keep their colour); Qwen's pastes an RGBA image over white."""
+    if for_llm and img.mode == "RGBA":
+        canvas = Image.new("RGB", img.size, (255, 255, 255))
+        canvas.paste(img, mask=img.getchannel("A"))
+        return np.asarray(canvas)
     return np.asarray(img.convert("RGB"))
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _read_image(path: Path, for_llm: bool = False) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            return to_rgb(img)
+            return to_rgb(img, for_llm)
     except FileNotFoundError as e:
         raise MediaError(f"{path}: file not found") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise MediaError(f"{path}: cannot decode image ({e})") from e
+
+
+def _has_alpha(path: Path) -> bool:
+    """Whether the LLM's view of an image differs from SAM 2's (header only, no decode)."""
+    try:
+        with Image.open(path) as img:
+            return img.mode == "RGBA"
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return False  # the decode reports it
 
 
 @dataclass
@@ -56,28 +67,38 @@ class Media:
     width: int
     _reader: object = None
     _files: list[Path] | None = None
+    has_alpha: bool = False  # an RGBA image or frame: the LLM and SAM 2 see different pixels
 
     @property
     def is_image(self) -> bool:
         return self.kind == "image"
 
-    def read(self, indices: list[int]) -> np.ndarray:
-        """uint8 `[len(indices), H, W, 3]` for the given source-frame indices."""
+    def read(self, indices: list[int], for_llm: bool = False) -> np.ndarray:
+        """uint8 `[len(indices), H, W, 3]` for the given source-frame indices, as SAM 2 sees
+        them (or, `for_llm`, as the LLM does: they differ only where `has_alpha`)."""
         bad = [i for i in indices if not 0 <= i < self.num_frames]
         if bad:
             raise MediaError(f"{self.path}: frame {bad[0]} out of range (0..{self.num_frames - 1})")
         if not indices:
             return np.zeros((0, self.height, self.width, 3), np.uint8)
         if self.kind == "image":
-            return np.stack([_read_image(self.path) for _ in indices])
+            return np.stack([_read_image(self.path, for_llm) for _ in indices])
         if self.kind == "frames":
-            frames = [_read_image(self._files[i]) for i in indices]
+            frames = [_read_image(self._files[i], for_llm) for i in indices]
             for i, f in zip(indices, frames):
                 if f.shape[:2] != (self.height, self.width):
                     raise MediaError(f"{self._files[i]}: size {f.shape[1]}x{f.shape[0]} differs from the "
                                      f"first frame's {self.width}x{self.height}")
             return np.stack(frames)
         return self._read_video(indices)
+
+    def read_for_llm(self, indices: list[int]) -> np.ndarray:
+        return self.read(indices, for_llm=True)
+
+    def read_views(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(LLM frames, SAM 2 frames) of the same indices, decoded twice only where they differ."""
+        llm = self.read(indices, for_llm=True)
+        return llm, (self.read(indices) if self.has_alpha else llm)
 
     def _read_video(self, indices: list[int]) -> np.ndarray:
         try:
@@ -112,11 +133,12 @@ def open_media(path: str | Path, frame_files: list[str] | None = None) -> Media:
         if not files:
             raise MediaError(f"{path}: folder holds no .jpg/.png frames")
         first = _read_image(files[0])
-        return Media(path, "frames", len(files), first.shape[0], first.shape[1], _files=files)
+        return Media(path, "frames", len(files), first.shape[0], first.shape[1], _files=files,
+                     has_alpha=any(_has_alpha(f) for f in files))
     ext = path.suffix.lower()
     if ext in IMAGE_EXTS:
         img = _read_image(path)
-        return Media(path, "image", 1, img.shape[0], img.shape[1])
+        return Media(path, "image", 1, img.shape[0], img.shape[1], has_alpha=_has_alpha(path))
     if ext in VIDEO_EXTS:
         return _open_video(path)
     raise MediaError(f"{path}: unsupported media type {ext or '(no extension)'}")

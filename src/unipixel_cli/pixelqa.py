@@ -82,7 +82,7 @@ class PixelQAEngine(Engine):
         sample = row.sample_frames or self.options.sample_frames
         idx = list(row.frame_indices or [start + i for i in uniform_indices(end - start, sample)])
         idx = force_prompt_frames(idx, sorted({o.frame for o in row.objects}))
-        frames = media.read(idx)
+        frames, sam_frames = media.read_views(idx)
         pv, grid, size = video_inputs(self.processor, frames, *pixel_budget(row, sample, len(idx)))
         mentioned = [int(i) for i in re.findall(r"\[(\d+)\]", question_text(row))]
         bank = ObjectMemoryBank(len(idx), media.height, media.width, mention_order=list(dict.fromkeys(mentioned)))
@@ -108,7 +108,7 @@ class PixelQAEngine(Engine):
             request = make_request(self.processor, chat_text(self.processor, text_a, answer=answer), pv, grid,
                                    refs=refs, generate=False)
         stage_b = question_text(row) + (BEST_OPTION if row.options else "")
-        p = PixelQAPrepared(mrow, media, idx, idx, frames, request, {"decode": time.perf_counter() - t0},
+        p = PixelQAPrepared(mrow, media, idx, idx, frames, sam_frames, request, {"decode": time.perf_counter() - t0},
                             llm_size=size, ref_order=order, bank=bank,
                             sources={o.id: o.source for o in row.objects}, stage_b_text=stage_b,
                             pixel_values=pv, grid=grid)

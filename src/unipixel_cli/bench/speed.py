@@ -56,7 +56,7 @@ class PerSampleEngine(Engine):
             [res] = self.model.run_llm([p.request])
             t1 = time.perf_counter()
             tokens = self.model.seg_tokens(res.seg_hidden)
-            raw = p.llm_frames if p.sam_indices is p.llm_indices else p.media.read(p.sam_indices)
+            raw = p.sam_frames if p.sam_indices is p.llm_indices else p.media.read(p.sam_indices)
             frames = sam2_transform(torch.from_numpy(raw), self.model.sam2_image_size)
             jobs = [MaskJob(tokens[k:k + 1], len(p.sam_indices), lambda a, b, f=frames: f[a:b], p.media.height,
                             p.media.width) for k in range(tokens.shape[0])]
