@@ -426,8 +426,11 @@ def _print_bench(bench, outcome) -> None:
         rows = bench.table(report.summary)
         metrics = list(dict.fromkeys(k for _, values in rows for k in values))
         n_failed = len(report.failed)
-        title = f"{bench.title} {bench.split}: {len(report.results) - n_failed} of {len(report.results)} items scored"
-        table = Table(title=escape(title + (f", {n_failed} failed (scored 0)" if n_failed else "")))
+        n_no_mask = sum(r.no_mask for r in report.results)
+        counts = f"{len(report.results) - n_failed} of {len(report.results)} items scored" + (
+            f", {n_failed} failed (scored 0)" if n_failed else "") + (
+            f", {n_no_mask} answered without a mask (scored as empty masks, as the authors do)" if n_no_mask else "")
+        table = Table(title=escape(f"{bench.title} {bench.split}"))
         table.add_column("")
         for m in metrics:
             table.add_column(escape(m), justify="right")
@@ -438,8 +441,9 @@ def _print_bench(bench, outcome) -> None:
                 table.add_row(escape(f"published {size} ({label})"),
                               *(f"{values[m][i]:.1f}" if m in values else "" for m in metrics), style="dim")
         out.print(table)
+        out.print(escape(counts), soft_wrap=True)
         for r in report.failed[:5]:
-            console.print(f"[yellow]scored 0:[/] {escape(r.item.id)}: {escape(str(r.error))}")
+            console.print(f"[yellow]scored 0:[/] {escape(r.item.id)}: {escape(str(r.error))}", soft_wrap=True)
         if n_failed > 5:
             console.print(f"[yellow]… and {n_failed - 5} more in {escape(str(report.summary_path))}[/]")
         out.print(f"wrote {escape(str(report.summary_path))} and {escape(str(report.csv_path))}")
@@ -458,7 +462,7 @@ def _bench_command(cls):
 
     def command(data, split=cls.splits[0], out=Path(f"{cls.name}-out"), preds=None, export_png=None, limit=None,
                 shard=None, workers=1, model="PolyU-ChenLab/UniPixel-3B", device="auto", dtype="auto",
-                batch_size=8, max_new_tokens=512, resume=True, quiet=False, log_format="text"    ) -> None:
+                batch_size=8, max_new_tokens=512, resume=True, quiet=False, log_format="text") -> None:
         from rich.markup import escape
 
         from .bench.base import BenchDataError, run_benchmark
@@ -473,7 +477,7 @@ def _bench_command(cls):
             outcome = run_benchmark(bench, out, run_requests, preds=preds, limit=limit, workers=workers,
                                     export_png=export_png, score=shard is None or preds is not None)
         except BenchDataError as e:
-            console.print(f"[red]error:[/] {escape(str(e))}")
+            console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from e
         if outcome.report is None and outcome.submission is None and outcome.exit_code not in (EXIT_OK,
                                                                                                 EXIT_ROWS_FAILED):

@@ -17,14 +17,18 @@ How to add a benchmark
    numbers: `{"row label": {"metric": (3B, 7B)}}`), `metrics` (per-item metric columns).
 2. `load_items()` opens exactly the files the authors' dataset class opens and returns
    `Item`s: a unique `id`, the `request` (a manifest row without `id`: `prompt`/`question`,
-   media, `sample_frames`, `propagate`, ...) and whatever ground truth `score` needs. A
-   missing file or key raises `BenchDataError` naming it (never a traceback).
+   media, `sample_frames`, `propagate`, ...) and whatever ground truth `score` needs. Use
+   `self.file(...)`, `self.load_json(...)`, `safe_load_pickle(...)`: a missing file raises
+   `BenchDataError` naming it; a missing key (KeyError, ...) becomes one in `items()`.
 3. `score(item, prediction)` returns `{metric: value}` for one item, exactly like the
    authors' evaluator. It may raise: the framework turns any exception (missing prediction,
    mis-sized mask, undecodable file) into a zero score for the item and counts it as failed.
 4. `summarize(results)` averages `ItemResult`s in the authors' order and returns the dict
    their evaluator writes (same metric names); `table(summary)` gives the printed rows.
 5. Import the module in `bench/__init__.py` (the import registers it).
+`Prediction` carries `masks` (per frame, by name; `RowFrameMasks` maps a result row's
+`frame_indices` onto `Item.frames`), `answer` (text) and `row` (our full result row), or
+`error` (failed request / missing prediction: scored 0 without calling `score`).
 Video benchmarks set `png_layout = True` so `--preds` also accepts the authors' PNG folders
 `<pred>/<video>/<exp_id>/<frame>.png` and runs export them (see `export_pngs`). Splits
 without public ground truth return False from `has_ground_truth` and get a submission zip.
@@ -104,20 +108,26 @@ class PngFrameMasks(FrameMasks):
 
 class RowFrameMasks(FrameMasks):
     """The first `<|seg|>` object of one of our result rows (the authors score only the
-    first), keyed by the item's frame names through the row's `frame_indices`."""
+    first), keyed by the item's frame names through the row's `frame_indices`. A row that
+    answered without `<|seg|>` reads as empty masks on every frame: the authors' inference
+    writes zeros for it and their evaluator scores those."""
 
     def __init__(self, row: dict, frames: list[str]) -> None:
         objects = row.get("objects")
-        masks = list(objects[0]["masks"]) if objects is not None and len(objects) else []
-        # pandas gives numpy arrays: `array or []` is wrong for [0] and raises for longer ones
-        indices = [int(i) for i in (row.get("frame_indices") if row.get("frame_indices") is not None else [])]
+        self.has_mask = objects is not None and len(objects) > 0
+        masks = list(objects[0]["masks"]) if self.has_mask else []
+        given = row.get("frame_indices")  # a numpy array when read back through pandas
+        indices = [] if given is None else [int(i) for i in given]
         self._by_name = {frames[i]: m for i, m in zip(indices, masks) if 0 <= i < len(frames)}
-        self._order = [frames[i] for i in indices if 0 <= i < len(frames)]
+        self._order = [frames[i] for i in indices if 0 <= i < len(frames)] if self.has_mask else list(frames)
+        self._size = (int(row.get("height") or 0), int(row.get("width") or 0))
 
     def names(self) -> list[str]:
-        return [n for n in self._order if n in self._by_name]
+        return [n for n in self._order if n in self._by_name or not self.has_mask]
 
     def read(self, name: str) -> np.ndarray | None:
+        if not self.has_mask:
+            return np.zeros(self._size, np.uint8) if name in self._order else None
         rle = self._by_name.get(name)
         return None if rle is None else rle_decode(rle).astype(np.uint8) * 255
 
@@ -137,6 +147,7 @@ class ItemResult:
     item: Item
     scores: dict[str, float]
     error: str | None = None  # why the item scored 0 (failed request, missing or bad prediction)
+    no_mask: bool = False  # the model answered without <|seg|>: scored as empty masks
 
     @property
     def failed(self) -> bool:
@@ -180,6 +191,17 @@ class Benchmark(ABC):
     @abstractmethod
     def table(self, summary: dict) -> list[tuple[str, dict[str, float]]]:
         """Printed rows: (label, {metric: value in the published scale})."""
+
+    def items(self) -> list[Item]:
+        """`load_items`, with malformed annotations (a missing key, a wrong type) reported as one
+        BenchDataError line instead of a traceback."""
+        try:
+            return self.load_items()
+        except BenchDataError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as e:
+            raise BenchDataError(f"{self.data}: {self.title} annotations are not in the expected format "
+                                 f"({type(e).__name__}: {e}); expected {self.layout}") from e
 
     # optional ---------------------------------------------------------------------------
     def has_ground_truth(self) -> bool:
@@ -300,16 +322,17 @@ def score_item(bench: Benchmark, item: Item, prediction: Prediction) -> ItemResu
     """Never raises: a failed request, a missing/mis-sized/undecodable prediction scores 0."""
     if prediction.error is not None:
         return ItemResult(item, bench.zero_scores(item), prediction.error)
+    no_mask = isinstance(prediction.masks, RowFrameMasks) and not prediction.masks.has_mask
     try:
-        return ItemResult(item, bench.score(item, prediction))
+        return ItemResult(item, bench.score(item, prediction), no_mask=no_mask)
     except Exception as e:  # scoring code raising on bad predictions is expected, see docstring
         return ItemResult(item, bench.zero_scores(item), f"{type(e).__name__}: {e}")
 
 
-def _score_in_worker(i: int) -> tuple[dict[str, float], str | None]:
+def _score_in_worker(i: int) -> tuple[dict[str, float], str | None, bool]:
     bench, items, source = _POOL_STATE["job"]
     result = score_item(bench, items[i], source(items[i]))
-    return result.scores, result.error  # the item (and its ground truth) stays in the parent
+    return result.scores, result.error, result.no_mask  # the item (and its ground truth) stays in the parent
 
 
 def score_items(bench: Benchmark, items: list[Item], source: Callable[[Item], Prediction],
@@ -321,7 +344,7 @@ def score_items(bench: Benchmark, items: list[Item], source: Callable[[Item], Pr
     try:
         with mp.get_context("fork").Pool(workers) as pool:
             scored = pool.map(_score_in_worker, range(len(items)), chunksize=max(1, len(items) // (4 * workers)))
-        return [ItemResult(item, scores, error) for item, (scores, error) in zip(items, scored)]
+        return [ItemResult(item, *values) for item, values in zip(items, scored)]
     finally:
         _POOL_STATE.pop("job", None)
 
@@ -366,7 +389,11 @@ def export_pngs(items: list[Item], source: Callable[[Item], Prediction], out: Pa
         for name in item.frames:
             m = pred.masks.read(name) if pred.masks is not None else None
             if m is None:
-                empty = empty if empty is not None else np.zeros(frame_size(item), np.uint8)
+                if empty is None:
+                    try:
+                        empty = np.zeros(frame_size(item), np.uint8)
+                    except (OSError, BenchDataError):
+                        break  # no readable frame to size it: the item is scored as failed anyway
                 m = empty
             Image.fromarray(m, mode="L").save(folder / f"{name}.png")
 
@@ -403,6 +430,7 @@ def write_reports(bench: Benchmark, results: list[ItemResult], out: Path) -> Rep
     failed = [r for r in results if r.failed]
     summary_doc = {**summary, "items": {"total": len(results), "scored": len(results) - len(failed),
                                         "failed": len(failed),
+                                        "no_mask": sum(r.no_mask for r in results),
                                         "failures": [{"id": r.item.id, "error": r.error} for r in failed]}}
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(summary_doc, indent=4))
@@ -442,7 +470,7 @@ def run_benchmark(bench: Benchmark, out: Path, run_requests: RunRequests | None,
     and are counted); 0 otherwise; the runner's own code (2, 4, 1) when nothing could run.
     """
     out = Path(out).expanduser().resolve()
-    items = bench.load_items()
+    items = bench.items()
     if limit is not None:
         items = items[:limit]
     requests_failed = 0
@@ -463,13 +491,13 @@ def run_benchmark(bench: Benchmark, out: Path, run_requests: RunRequests | None,
             return prediction_from_row(rows.get(item.id), item)
     else:
         source = prediction_source(bench, preds)
+    if not bench.has_ground_truth():  # its PNGs go into the submission folder only
+        sub = bench.submission(source, items, out)
+        return BenchOutcome(None, requests_failed, 3 if requests_failed else 0, sub)
     preds_dir = None
     if bench.png_layout and preds is None:
         preds_dir = Path(export_png or out / "preds")
         export_pngs(items, source, preds_dir)
-    if not bench.has_ground_truth():
-        sub = bench.submission(source, items, out)
-        return BenchOutcome(None, requests_failed, 3 if requests_failed else 0, sub, preds_dir)
     results = score_items(bench, items, source, workers)
     report = write_reports(bench, results, out)
     code = 3 if requests_failed or report.failed else 0
