@@ -42,7 +42,8 @@ def write_answers(path: Path, answers: dict[str, str], objects: dict[str, list] 
     w = ResultsWriter(path, flush_rows=100)
     for row_id, text in answers.items():
         w.write({"id": row_id, "task": "pixelqa", "status": "ok", "answer": "prefix " + text, "raw_answer": text,
-                 "frame_indices": frame_indices or [0], "objects": (objects or {}).get(row_id, [])})
+                 "frame_indices": frame_indices or [0], "height": H, "width": W,
+                 "objects": (objects or {}).get(row_id, [])})
     w.close()
     return path
 
