@@ -86,3 +86,30 @@ def test_pixelqa_row_accepts_a_mask_track_but_no_other_repeats():
                 [{"id": 0, "frame": 1, "point": [1, 1]}, {"id": 0, "frame": 5, "mask": rle}]):
         with pytest.raises(ValueError, match="ids repeat"):
             PixelQARow.model_validate({**base, "objects": bad})
+
+
+def test_pixelqa_engine_with_frame_indices_and_a_mask_track(fixture_model, conformance_dir: Path):
+    import numpy as np
+
+    from unipixel_cli.manifest import PixelQARow
+    from unipixel_cli.output import rle_encode
+    from unipixel_cli.pixelqa import PixelQAEngine
+
+    model, processor = fixture_model
+    video = conformance_dir / "media" / "video.mp4"  # 16 frames of 160x120
+    m = np.zeros((120, 160), bool)
+    m[20:60, 30:90] = True
+    row = PixelQARow(video=str(video), question="What is [0] doing?", options=["(A) Sitting", "(B) Running"],
+                     objects=[{"id": 0, "frame": f, "mask": rle_encode(m)} for f in (2, 9)],
+                     frame_indices=[2, 5, 9, 12], min_pixels=100 * 784, max_pixels=144 * 784 * 4, max_new_tokens=3)
+    engine = PixelQAEngine(model, processor, EngineOptions())
+    p = engine.prepare(ManifestRow(1, "q", row, video))
+    assert p.llm_indices == [2, 5, 9, 12]
+    assert p.grid == (2, 18, 24)  # 252x336, as in the segment case above (same budget floor)
+    track = p.bank.lookup(0)
+    assert [bool(track[t].any()) for t in range(4)] == [True, False, True, False]
+    # one <|mem|> per frame pair holding the object: pairs (1,2) and (3,4)
+    assert p.bank.prefix(p.llm_size, False).endswith("[0]: <1>-<2> <|mem|> <3>-<4> <|mem|>\n")
+    (out,) = engine([ManifestRow(1, "q", row, video)])
+    assert out["status"] == "ok" and out["answer"].startswith("The best option is (")
+    assert [o["source"] for o in out["objects"]] == ["mask"] and list(out["frame_indices"]) == [2, 5, 9, 12]
