@@ -113,3 +113,10 @@ def test_pixelqa_engine_with_frame_indices_and_a_mask_track(fixture_model, confo
     (out,) = engine([ManifestRow(1, "q", row, video)])
     assert out["status"] == "ok" and out["answer"].startswith("The best option is (")
     assert [o["source"] for o in out["objects"]] == ["mask"] and list(out["frame_indices"]) == [2, 5, 9, 12]
+
+
+def test_bench_help_lists_the_image_and_qa_benchmarks():
+    r = cli("bench", "--help")
+    assert r.returncode == 0
+    for name in ("refcoco", "refcoco+", "refcocog", "reasonseg", "videorefer-q", "pixelqa", "mvbench"):
+        assert f" {name} " in r.stdout, name
