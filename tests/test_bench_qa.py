@@ -266,3 +266,12 @@ def test_pixelqa_unscorable_answer_keeps_its_masks_scored(videorefer_root: Path,
     assert s["J"] == pytest.approx(100 * (32 / (32 + 1e-6) + 8 / (8 + 1e-6)) / 2, abs=1e-5)
     assert s["all"] == {"#Samples": 1, "Failed": 1, "Acc": 0.0}
     assert [u["id"] for u in s["unscorable_answers"]] == ["0"]
+
+
+def test_response_without_raw_answer_drops_the_forced_prefix():
+    from unipixel_cli.bench.base import Prediction
+    from unipixel_cli.bench.qa import response_of
+
+    assert response_of(Prediction(answer="Best Option: (C) three")) == "C) three"
+    assert response_of(Prediction(answer="The best option is (A) yes")) == "A) yes"
+    assert response_of(Prediction(row={"raw_answer": "B) no"}, answer="The best option is (B) no")) == "B) no"

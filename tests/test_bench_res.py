@@ -226,3 +226,13 @@ def test_reasonseg_missing_folder_is_named(tmp_path: Path):
     (tmp_path / "ReasonSeg").mkdir()
     with pytest.raises(BenchDataError, match="val"):
         ReasonSeg(tmp_path / "ReasonSeg", "val").load_items()
+
+
+def test_refcoco_preds_without_images_use_the_annotated_size(refer_root: Path, tmp_path: Path):
+    bench = RefCOCO(refer_root, "val")
+    items = bench.load_items()[:1]
+    for jpg in (refer_root / "images/mscoco/images/train2014").iterdir():
+        jpg.unlink()
+    preds = write_results(tmp_path / "preds", {items[0].id: GT1})
+    (result,) = score_items(bench, items, prediction_source(bench, preds))
+    assert result.error is None and result.scores["iou"] == 1.0 and result.scores["union"] == 48

@@ -20,6 +20,7 @@ from collections import defaultdict
 from .base import Benchmark, Item, ItemResult, Prediction
 
 BEST_OPTION = "\nPlease only give the best option."
+ANSWER_PREFIXES = ("Best Option: (", "The best option is (")  # MVBench, VideoRefer-Q / PixelQA
 
 
 class UnscorableAnswer(ValueError):
@@ -73,6 +74,10 @@ def response_of(prediction: Prediction) -> str:
         return prediction.row["raw_answer"]
     if prediction.answer is None:
         raise UnscorableAnswer("no answer")
+    # `answer` repeats the reply's forced start; their response is what follows it
+    for prefix in ANSWER_PREFIXES:
+        if prediction.answer.startswith(prefix):
+            return prediction.answer[len(prefix):]
     return prediction.answer
 
 

@@ -50,6 +50,14 @@ class ResItem:
     kind: str  # query (a phrase) | sentence (a full instruction)
     gt: Callable[[tuple[int, int]], np.ndarray] = field(repr=False)  # image (H, W) → bool mask
     box: list[float] | None = None  # ground-truth [x0, y0, x1, y1] (RefCOCO family)
+    size: tuple[int, int] | None = None  # (H, W) the annotation gives, used when the image is absent
+
+    def frame_size(self) -> tuple[int, int]:
+        """The image's (H, W), as theirs (masks are drawn at the loaded image's size); with
+        `--preds` and no images on disk, the size the annotation file records."""
+        if not self.image.is_file() and self.size is not None:
+            return self.size
+        return image_size(self.image)
 
     @property
     def item_id(self) -> str:
@@ -156,7 +164,8 @@ def load_refer(data: Path, dataset: str, split: str) -> list[ResItem]:
             gt = _polygon_or_rle_mask(ann["segmentation"], img["height"], img["width"])
             for sent in ref["sentences"]:
                 items.append(ResItem(vid, str(sent["sent_id"]), data / COCO_IMAGES / img["file_name"],
-                                     sent["sent"], "query", gt, [x, y, x + w, y + h]))
+                                     sent["sent"], "query", gt, [x, y, x + w, y + h],
+                                     (img["height"], img["width"])))
     return items
 
 
@@ -304,7 +313,7 @@ class ResBenchmark(Benchmark):
 
     def _gt(self, item: Item) -> np.ndarray:
         r: ResItem = item.gt
-        return r.gt(image_size(r.image))
+        return r.gt(r.frame_size())
 
     def score(self, item: Item, prediction: Prediction) -> dict[str, float]:
         gt = self._gt(item)
