@@ -126,6 +126,9 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
     from .output import LockHeld, OutputLock, ResultsWriter, Shard, part_files, written_ids
 
     _setup_logging(log_format, quiet)
+    if render_dir is not None and render_dir.resolve() == out.resolve():
+        console.print("[red]error:[/] --render must be a folder other than the results dataset (-o)")
+        return EXIT_USAGE
     if propagate not in ("sampled", "all"):
         console.print(f"[red]--propagate must be 'sampled' or 'all', got {propagate!r}")
         return EXIT_USAGE
@@ -164,7 +167,7 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
             renderer = None
             if render_dir is not None:
                 from .render import Renderer
-                renderer = Renderer(render_dir)
+                renderer = Renderer(render_dir, manifest=manifest)
 
             def sink(row: dict) -> None:
                 writer.write(row)
@@ -273,25 +276,58 @@ def pixelqa(
                           _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker)))
 
 
+RenderOutOpt = Annotated[Path, typer.Option(
+    "-o", "--out", envvar=env("RENDER_OUT"),
+    help="Folder for the report: index.html and media/ (not a results dataset).")]
+
+
 @app.command()
 def render(
     results: Annotated[Path, typer.Argument(help="Results dataset directory.")],
-    out: OutOpt = Path("unipixel-render"),
+    out: RenderOutOpt = Path("unipixel-render"),
     ids: Annotated[str | None, typer.Option("--ids", help="Comma-separated ids to render")] = None,
     fmt: Annotated[str, typer.Option("--format", help="mp4 | gif | png")] = "mp4",
     limit: LimitOpt = None,
 ) -> None:
     """Mask overlays (mp4/gif/png), contact sheets and a browsable index.html."""
+    from rich.markup import escape
+
+    from .export import ExportError
     from .render import render_results
 
     if fmt not in ("mp4", "gif", "png"):
-        console.print(f"[red]--format must be mp4, gif or png, got {fmt!r}")
+        console.print(f"[red]--format must be mp4, gif or png, got {escape(repr(fmt))}")
         raise typer.Exit(EXIT_USAGE)
-    if not results.is_dir():
-        console.print(f"[red]error:[/] {results} is not a results directory")
-        raise typer.Exit(EXIT_USAGE)
-    index = render_results(results, out, ids.split(",") if ids else None, fmt, limit)
-    stdout_console().print(f"wrote {index}")
+    try:
+        index = render_results(results, out, [i for i in ids.split(",") if i] if ids else None, fmt, limit)
+    except ExportError as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from e
+    stdout_console().print(f"wrote {escape(str(index))}", soft_wrap=True)
+
+
+@app.command()
+def export(
+    results: Annotated[Path, typer.Argument(help="Results dataset directory.")],
+    fmt: Annotated[str, typer.Option("--format", help="coco | png | fiftyone")],
+    out: Annotated[Path, typer.Option("-o", "--out", envvar=env("EXPORT_OUT"),
+                                      help="Folder to write the export into (not a results dataset).")],
+    png_style: Annotated[str, typer.Option("--png-style", help="objects: <id>/<object>/<frame>.png (0/255); "
+                                           "palette: <id>/<frame>.png, pixel = object id + 1")] = "objects",
+) -> None:
+    """Masks into the tools people already use: COCO JSON, per-frame PNGs or a FiftyOne dataset."""
+    from rich.markup import escape
+
+    from .export import ExportError, export_results
+
+    try:
+        summary = export_results(results, out, fmt, png_style)
+    except ExportError as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from e
+    stdout_console().print(f"wrote {escape(str(summary.path))}: {summary.requests} requests"
+                           + (f" ({summary.skipped} error rows have no masks)" if summary.skipped else ""),
+                           soft_wrap=True)
 
 
 @app.command()
