@@ -208,7 +208,9 @@ def _engine(task: str, model: str, device: str, dtype: str, options):
         path = resolve_model(model)
         unipixel, processor = load_unipixel(path, device=device, dtype=dtype)
     except ModelLoadError as e:
-        console.print(f"[red]error:[/] {e}")
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)  # one line: no wrap at 80 columns
         raise typer.Exit(EXIT_FATAL) from e
     if task == "pixelqa":
         from .pixelqa import PixelQAEngine
@@ -542,18 +544,20 @@ def weights_list() -> None:
 @weights_app.command("pull")
 def weights_pull(name: Annotated[str, typer.Argument(help="Known name or hub id.")]) -> None:
     """Download a checkpoint into the Hugging Face cache (resumable)."""
+    from rich.markup import escape
+
     from .model.loading import ModelLoadError
     from .weights import lookup, offline, pull
 
     known = lookup(name)
     repo, rev = (known.repo_id, known.revision) if known else (name, "main")
     if offline():
-        console.print("[red]error:[/] HF_HUB_OFFLINE is set; cannot download")
+        console.print("[red]error:[/] HF_HUB_OFFLINE is set; cannot download", soft_wrap=True)
         raise typer.Exit(EXIT_FATAL)
     try:
-        stdout_console().print(f"downloaded to {pull(repo, rev)}")
+        stdout_console().print(f"downloaded to {escape(str(pull(repo, rev)))}", soft_wrap=True)
     except ModelLoadError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(EXIT_FATAL) from e
 
 
