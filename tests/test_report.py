@@ -174,3 +174,11 @@ def test_report_in_headless_chromium(results, tmp_path):
     shot = tmp_path / "shot.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", index.as_uri()], capture_output=True, timeout=120)
     assert Image.open(shot).size == (1200, 900)
+
+
+def test_live_render_into_the_results_dataset_is_refused(tmp_path):
+    r = run("segment", EXAMPLES / "videos.jsonl", "-o", tmp_path / "res", "--render", tmp_path / "res",
+            "--model", "tiny-random")
+    assert r.returncode == 2, r.stderr
+    assert "--render must be a folder of its own" in r.stderr
+    assert not (tmp_path / "res").exists()

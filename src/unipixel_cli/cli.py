@@ -126,9 +126,13 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
     from .output import LockHeld, OutputLock, ResultsWriter, Shard, part_files, written_ids
 
     _setup_logging(log_format, quiet)
-    if render_dir is not None and render_dir.resolve() == out.resolve():
-        console.print("[red]error:[/] --render must be a folder other than the results dataset (-o)")
-        return EXIT_USAGE
+    if render_dir is not None:
+        from .export import is_results_dataset
+
+        if render_dir.resolve() == out.resolve() or is_results_dataset(render_dir):
+            console.print("[red]error:[/] --render must be a folder of its own, not a results dataset",
+                          soft_wrap=True)
+            return EXIT_USAGE
     if propagate not in ("sampled", "all"):
         console.print(f"[red]--propagate must be 'sampled' or 'all', got {propagate!r}")
         return EXIT_USAGE
