@@ -131,7 +131,7 @@ def draw_prompts(img: Image.Image, marks: list[VisualPrompt]) -> Image.Image:
     """Points as ringed dots, boxes as outlines, each in its object's colour with its id."""
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    r = max(3, min(img.size) // 40)
+    r = max(4, min(img.size) // 30)
     for m in marks:
         c = colour(m.object_id)
         if m.point is not None:
@@ -301,7 +301,7 @@ body{font-family:system-ui,sans-serif;margin:1rem;background:#fafafa}
 .card.error .badge{background:#d33}
 .line{font-size:.75rem;color:#777;font-weight:400;margin-left:.5rem}
 .meta{font-size:.85rem;color:#333;background:#f3f3f3;border-radius:4px;padding:.2rem .4rem}
-.error{color:#b00}
+p.error{color:#b00}
 .prompt{font-weight:600}
 .answer{white-space:pre-wrap;max-height:12em;overflow:auto}
 details.answer summary{cursor:pointer;white-space:normal}
