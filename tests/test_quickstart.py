@@ -68,3 +68,9 @@ def test_segment_without_hub_prints_the_next_step_unwrapped_at_80_columns(no_hub
     (line,) = error_lines(r.stderr)
     assert len(line) > 80 and SMOKE in line  # rich used to hard-wrap this at 80 columns
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", ["./my-checkpoint", "/models/unipixel", "models/unipixel/3b"])
+def test_a_missing_directory_is_not_sent_to_the_hub(no_hub, name):
+    with pytest.raises(ModelLoadError, match="no such checkpoint directory"):
+        resolve_model(name)

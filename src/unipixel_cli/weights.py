@@ -58,6 +58,8 @@ def resolve_model(name: str) -> Path:
         if not seed.isdigit():
             raise ModelLoadError(f"--model {name!r}: use tiny-random or tiny-random-<seed>")
         return tiny_random_path(int(seed))
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, never a hub id (owner/name)
+        raise ModelLoadError(f"--model {name}: no such checkpoint directory")
     known = lookup(name)
     repo_id, revision = (known.repo_id, known.revision) if known else (name, "main")
     if "/" not in repo_id:
