@@ -121,11 +121,7 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
          batch_size: int, sample_frames: int, propagate: str, max_new_tokens: int,
          shard: str | None, resume: bool, limit: int | None, quiet: bool, log_format: str,
          render_dir: Path | None = None, ray: dict | None = None) -> int:
-    from .engine import EngineOptions, error_row, run_pipeline
-    from .manifest import ManifestError, load_manifest
-    from .output import LockHeld, OutputLock, ResultsWriter, Shard, part_files, written_ids
-
-    _setup_logging(log_format, quiet)
+    # checked before the heavy imports and before the output folder exists
     if render_dir is not None:
         from .export import is_results_dataset
 
@@ -133,6 +129,11 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
             console.print("[red]error:[/] --render must be a folder of its own, not a results dataset",
                           soft_wrap=True)
             return EXIT_USAGE
+    from .engine import EngineOptions, error_row, run_pipeline
+    from .manifest import ManifestError, load_manifest
+    from .output import LockHeld, OutputLock, ResultsWriter, Shard, part_files, written_ids
+
+    _setup_logging(log_format, quiet)
     if propagate not in ("sampled", "all"):
         console.print(f"[red]--propagate must be 'sampled' or 'all', got {propagate!r}")
         return EXIT_USAGE
