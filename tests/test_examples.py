@@ -27,8 +27,11 @@ def files(root: Path) -> list[str]:
 
 
 def differing(a: Path, b: Path) -> list[str]:
-    assert files(a) == files(b)
-    return [f for f in files(a) if not filecmp.cmp(a / f, b / f, shallow=False)]
+    """Files missing on one side or whose bytes differ, with their sizes to tell the cause."""
+    names = sorted(set(files(a)) | set(files(b)))
+    return [f"{f} ({(a / f).stat().st_size if (a / f).exists() else 'missing'} vs "
+            f"{(b / f).stat().st_size if (b / f).exists() else 'missing'} bytes)"
+            for f in names if not ((a / f).exists() and (b / f).exists() and filecmp.cmp(a / f, b / f, shallow=False))]
 
 
 @pytest.fixture(scope="module")
