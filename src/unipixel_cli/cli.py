@@ -411,7 +411,7 @@ def doctor() -> None:
     raise typer.Exit(EXIT_FATAL if missing else EXIT_OK)
 
 
-bench_app = typer.Typer(help="Benchmarks: engine speed and ReVOS.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: engine speed and the authors' benchmark table.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -459,77 +459,107 @@ def bench_speed(
         json_out.write_text(json.dumps([asdict(r) for r in results], indent=2))
 
 
-@bench_app.command("revos")
-def bench_revos(
-    data: Annotated[Path, typer.Option("--data", help="ReVOS release folder (JPEGImages/, meta, mask dicts)")],
-    split: Annotated[str, typer.Option("--split")] = "valid",
-    out: OutOpt = Path("revos-out"),
-    preds: Annotated[Path | None, typer.Option("--preds", help="Score PNGs in the authors' layout; no model")] = None,
-    export_png: Annotated[Path | None, typer.Option("--export-png", help="Our PNGs (default OUT/preds)")] = None,
-    limit: LimitOpt = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Evaluation processes")] = 4,
-    model: ModelOpt = "PolyU-ChenLab/UniPixel-3B",
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    batch_size: BatchOpt = 8,
-    max_new_tokens: TokensOpt = 512,
-    resume: ResumeOpt = True,
-    quiet: QuietOpt = False,
-    log_format: LogFmtOpt = "text",
-) -> None:
-    """Segment every ReVOS expression (propagate all, 16 LLM frames) and score J, F, J&F, A, R."""
-    import resource
+def _print_bench(bench, outcome) -> None:
+    """The benchmark's table next to the published numbers, and how many items were scored."""
+    from rich.markup import escape
 
-    from .bench.revos import (
-        RevosDataError,
-        evaluate,
-        export_pngs,
-        load_expressions,
-        summarize,
-        write_manifest,
-        write_reports,
-    )
-    from .output import read_results
+    out = stdout_console()
+    report = outcome.report
+    if report is not None:
+        rows = bench.table(report.summary)
+        metrics = list(dict.fromkeys(k for _, values in rows for k in values))
+        n_failed = len(report.failed)
+        title = f"{bench.title} {bench.split}: {len(report.results) - n_failed} of {len(report.results)} items scored"
+        table = Table(title=escape(title + (f", {n_failed} failed (scored 0)" if n_failed else "")))
+        table.add_column("")
+        for m in metrics:
+            table.add_column(escape(m), justify="right")
+        for label, values in rows:
+            table.add_row(escape(str(label)), *(f"{values[m]:.2f}" if m in values else "" for m in metrics))
+        for label, values in bench.published.items():
+            for i, size in enumerate(("3B", "7B")):
+                table.add_row(escape(f"published {size} ({label})"),
+                              *(f"{values[m][i]:.1f}" if m in values else "" for m in metrics), style="dim")
+        out.print(table)
+        for r in report.failed[:5]:
+            console.print(f"[yellow]scored 0:[/] {escape(r.item.id)}: {escape(str(r.error))}")
+        if n_failed > 5:
+            console.print(f"[yellow]… and {n_failed - 5} more in {escape(str(report.summary_path))}[/]")
+        out.print(f"wrote {escape(str(report.summary_path))} and {escape(str(report.csv_path))}")
+    if outcome.submission is not None:
+        out.print(f"{escape(bench.title)} {escape(bench.split)} has no public masks: upload "
+                  f"{escape(str(outcome.submission))} to the benchmark's evaluation server")
+    if outcome.preds_dir is not None:
+        out.print(f"predictions in the authors' layout: {escape(str(outcome.preds_dir))}")
+    if outcome.requests_failed:
+        console.print(f"[red]{outcome.requests_failed} requests failed[/]; their items count as 0 above "
+                      "(see the results dataset's error column)")
 
-    try:
-        expressions = load_expressions(data, split)
-    except RevosDataError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(EXIT_USAGE) from e
-    if limit is not None:
-        expressions = expressions[:limit]
-    run_info = ""
-    if preds is None:
+
+def _bench_command(cls):
+    """`unipixel bench NAME`: the same options for every benchmark of the registry."""
+
+    def command(data, split=cls.splits[0], out=Path(f"{cls.name}-out"), preds=None, export_png=None, limit=None,
+                shard=None, workers=1, model="PolyU-ChenLab/UniPixel-3B", device="auto", dtype="auto",
+                batch_size=8, max_new_tokens=512, resume=True, quiet=False, log_format="text"    ) -> None:
+        from rich.markup import escape
+
+        from .bench.base import BenchDataError, run_benchmark
+
+        def run_requests(manifest: Path, results: Path) -> int:
+            # sample_frames / propagate come per request from the benchmark's manifest rows
+            return _run(cls.task, manifest, results, model, device, dtype, batch_size, 16, "all",
+                        max_new_tokens, shard, resume, None, quiet, log_format)
+
         try:
-            manifest = write_manifest(data, expressions, out / f"revos_{split}_manifest.jsonl")
-        except RevosDataError as e:
-            console.print(f"[red]error:[/] {e}")
+            bench = cls(data, split)
+            outcome = run_benchmark(bench, out, run_requests, preds=preds, limit=limit, workers=workers,
+                                    export_png=export_png, score=shard is None or preds is not None)
+        except BenchDataError as e:
+            console.print(f"[red]error:[/] {escape(str(e))}")
             raise typer.Exit(EXIT_USAGE) from e
-        code = _run("segment", manifest, out / "results", model, device, dtype, batch_size, 16, "all",
-                    max_new_tokens, None, resume, None, quiet, log_format)
-        if code not in (EXIT_OK, EXIT_ROWS_FAILED):
-            raise typer.Exit(code)
-        results = read_results(out / "results").to_dict("records")
-        preds = export_png or out / "preds"
-        export_pngs(results, expressions, data, preds)
-        ok = [r for r in results if r["status"] == "ok"]
-        busy = sum(sum(r["timings"].values()) for r in ok)
-        frames = sum(len(r["frame_indices"]) for r in ok)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        run_info = (f"{len(results)} expressions, {len(results) - len(ok)} failed; {frames} frames; "
-                    f"{frames / max(busy, 1e-9):.1f} frames/s of stage time; peak RSS {peak:.0f} MB")
-    rows = evaluate(data, preds, expressions, workers=workers)
-    summary = summarize(rows)
-    json_path, csv_path = write_reports(rows, summary, out, split)
-    table = Table(title=f"ReVOS {split} ({len(rows)} expressions)")
-    for col in ("split", "J", "F", "J&F", "A", "R"):
-        table.add_column(col, justify="right")
-    for name, v in summary.items():
-        table.add_row(name, *(f"{v[k]:.2f}" for k in ("J", "F", "JF", "A", "R")))
-    stdout_console().print(table)
-    if run_info:
-        stdout_console().print(run_info)
-    stdout_console().print(f"wrote {json_path} and {csv_path}")
+        if outcome.report is None and outcome.submission is None and outcome.exit_code not in (EXIT_OK,
+                                                                                                EXIT_ROWS_FAILED):
+            raise typer.Exit(outcome.exit_code)
+        if shard is not None and preds is None:
+            stdout_console().print(f"shard {escape(shard)} done; score every shard together with "
+                                   f"--preds {escape(str(Path(out) / 'results'))}")
+        _print_bench(bench, outcome)
+        raise typer.Exit(outcome.exit_code)
+
+    # real objects, not strings: this module's `from __future__ import annotations` would
+    # otherwise make typer evaluate them where `cls` is unknown
+    command.__annotations__ = {
+        "data": Annotated[Path, typer.Option("--data", help=f"Dataset folder: {cls.layout}")],
+        "split": Annotated[str, typer.Option("--split", help=" | ".join(cls.splits))],
+        "out": Annotated[Path, typer.Option("-o", "--out", help="Output folder (results/, reports)")],
+        "preds": Annotated[Path | None, typer.Option(
+            "--preds", help="Score existing predictions, no model: a unipixel results dataset"
+            + (" or the authors' PNG folders <pred>/<video>/<exp_id>/<frame>.png" if cls.png_layout else ""))],
+        "export_png": Annotated[Path | None, typer.Option(
+            "--export-png", help="Where to write our PNGs in the authors' layout (default OUT/preds)",
+            hidden=not cls.png_layout)],
+        "limit": LimitOpt,
+        "shard": Annotated[str | None, typer.Option(
+            "--shard", help="i/N: run this shard's requests only; score later with --preds OUT/results")],
+        "workers": Annotated[int, typer.Option("--workers", min=1, help="Scoring processes")],
+        "model": ModelOpt, "device": DeviceOpt, "dtype": DtypeOpt, "batch_size": BatchOpt,
+        "max_new_tokens": TokensOpt, "resume": ResumeOpt, "quiet": QuietOpt, "log_format": LogFmtOpt,
+        "return": None,
+    }
+    command.__doc__ = (f"{cls.title}: run and score like the authors' evaluator "
+                       f"({', '.join(cls.metrics) or 'see README'}).")
+    return command
+
+
+def _register_bench_commands() -> None:
+    from .bench import REGISTRY
+
+    for name, cls in REGISTRY.items():
+        bench_app.command(name)(_bench_command(cls))
+
+
+_register_bench_commands()
 
 
 @weights_app.command("list")

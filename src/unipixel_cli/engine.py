@@ -122,7 +122,7 @@ class Engine:
     def prepare(self, mrow: ManifestRow) -> Prepared:
         t0 = time.perf_counter()
         row = mrow.row
-        media = open_media(mrow.media_path)
+        media = open_media(mrow.media_path, getattr(row, "frame_files", None))
         start = row.start or 0
         end = min(row.end or media.num_frames, media.num_frames)
         if start >= media.num_frames:

@@ -22,6 +22,9 @@ class _Row(BaseModel):
     video: str | None = None
     frames: str | None = None
     image: str | None = None
+    # explicit frame files inside the `frames` folder, in video order (benchmarks name them from
+    # their meta files so a stray file in the folder cannot shift the frames)
+    frame_files: list[str] | None = Field(default=None, min_length=1)
     sample_frames: int | None = Field(default=None, ge=1, le=512)
     max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
     start: int | None = Field(default=None, ge=0)
@@ -32,12 +35,26 @@ class _Row(BaseModel):
     def _id_as_str(cls, v):
         return None if v is None else str(v)
 
+    @field_validator("frame_files")
+    @classmethod
+    def _plain_file_names(cls, v):
+        if v is None:
+            return v
+        for name in v:
+            if not name or name in (".", "..") or "/" in name or "\\" in name:
+                raise ValueError(f"{name!r} is not a file name inside the 'frames' folder")
+        if len(set(v)) != len(v):
+            raise ValueError("file names repeat")
+        return v
+
     @model_validator(mode="after")
     def _one_media(self):
         given = [k for k in ("video", "frames", "image") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("exactly one of 'video', 'frames' or 'image' is required"
                              + (f" (got {', '.join(given)})" if given else ""))
+        if self.frame_files is not None and not self.frames:
+            raise ValueError("'frame_files' needs a 'frames' folder")
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise ValueError(f"'end' ({self.end}) must be greater than 'start' ({self.start})")
         return self

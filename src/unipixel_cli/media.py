@@ -113,14 +113,23 @@ class Media:
             raise MediaError(f"{self.path}: cannot decode frames ({e})") from e
 
 
-def open_media(path: str | Path) -> Media:
-    """Open a video file, a folder of numbered frames, or an image."""
+def open_media(path: str | Path, frame_files: list[str] | None = None) -> Media:
+    """Open a video file, a folder of numbered frames, or an image. `frame_files` names the
+    frames of a folder explicitly, in order (otherwise: its images in natural order)."""
     path = Path(path)
     if not path.exists():
         raise MediaError(f"{path}: file not found")
+    if frame_files is not None and not path.is_dir():
+        raise MediaError(f"{path}: frame_files given but this is not a folder")
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS),
-                       key=lambda p: natural_key(p.name))
+        if frame_files is not None:
+            files = [path / name for name in frame_files]
+            missing = next((f for f in files if not f.is_file()), None)
+            if missing is not None:
+                raise MediaError(f"{missing}: file not found")
+        else:
+            files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS),
+                           key=lambda p: natural_key(p.name))
         if not files:
             raise MediaError(f"{path}: folder holds no .jpg/.png frames")
         first = _read_image(files[0])

@@ -70,7 +70,7 @@ class PixelQAEngine(Engine):
     def prepare(self, mrow: ManifestRow) -> PixelQAPrepared:
         t0 = time.perf_counter()
         row: PixelQARow = mrow.row
-        media = open_media(mrow.media_path)
+        media = open_media(mrow.media_path, getattr(mrow.row, "frame_files", None))
         problems = pixelqa_problems(row, media)
         if problems:
             raise ValueError("; ".join(problems))

@@ -36,7 +36,7 @@ def pixelqa_problems(row: PixelQARow, media: Media) -> list[str]:
 
 def row_problems(mrow: ManifestRow) -> list[str]:
     try:
-        media = open_media(mrow.media_path)
+        media = open_media(mrow.media_path, getattr(mrow.row, "frame_files", None))
         media.read([0, media.num_frames - 1])
     except MediaError as e:
         return [str(e)]

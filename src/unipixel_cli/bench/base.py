@@ -432,9 +432,11 @@ class BenchOutcome:
 
 
 def run_benchmark(bench: Benchmark, out: Path, run_requests: RunRequests | None, preds: Path | None = None,
-                  limit: int | None = None, workers: int = 1, export_png: Path | None = None) -> BenchOutcome:
+                  limit: int | None = None, workers: int = 1, export_png: Path | None = None,
+                  score: bool = True) -> BenchOutcome:
     """Load → (run the requests | read `preds`) → score → reports.
 
+    With `score=False` (a shard of a sharded run) it stops after the requests.
     Exit code 3 when any request failed or any item could not be scored (those items score 0
     and are counted); 0 otherwise; the runner's own code (2, 4, 1) when nothing could run.
     """
@@ -450,6 +452,8 @@ def run_benchmark(bench: Benchmark, out: Path, run_requests: RunRequests | None,
         results_dir = out / "results"
         code = run_requests(manifest, results_dir)
         if code not in (0, 3):
+            return BenchOutcome(None, 0, code)
+        if not score:
             return BenchOutcome(None, 0, code)
         rows = results_by_id(results_dir)
         requests_failed = sum(1 for i in items if i.request is None or (rows.get(i.id) or {}).get("status") != "ok")

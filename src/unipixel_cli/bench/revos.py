@@ -6,159 +6,127 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing as mp
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..media import natural_key
-from ..output import rle_decode
+from .base import BenchDataError, Benchmark, Item, ItemResult, Prediction, register
 from .revos_metrics import expression_scores, rounded
+from .video import frame_request, query_prompt
 
-SPLIT_FILES = {"valid": "meta_expressions_valid_.json"}
-
-
-class RevosDataError(Exception):
-    pass
-
-
-@dataclass
-class Expression:
-    video: str
-    exp_id: str
-    exp: str
-    type_id: int
-    anno_ids: list
-    frames: list[str]
-
-    @property
-    def videxp(self) -> str:
-        return f"{self.video}_{self.exp_id}"
-
-    @property
-    def row_id(self) -> str:
-        return f"{self.video}::{self.exp_id}"
+RevosDataError = BenchDataError  # the name earlier versions raised
 
 
 def revos_prompt(exp: str, num_frames: int) -> str:
-    """The authors' ReVOS prompt: a sentence for questions, a template for referring phrases."""
+    """The authors' ReVOS prompt: a sentence for questions, the query template otherwise."""
     text = exp.strip()
     if text.endswith("?"):
         return f"{text} Please provide the segmentation mask."
-    query = text.strip(".")
-    query = query[:1].lower() + query[1:]
-    for prefix in ("the ", "an ", "a "):
-        if query.startswith(prefix):
-            query = query[len(prefix):]
-    media = "image" if num_frames == 1 else "video"
-    return f"Please segment the {query} in this {media}."
-
-
-def load_expressions(data: Path, split: str = "valid") -> list[Expression]:
-    meta_path = data / SPLIT_FILES.get(split, f"meta_expressions_{split}_.json")
-    if not meta_path.exists():
-        raise RevosDataError(f"{meta_path} not found (expected the ReVOS release layout)")
-    videos = json.loads(meta_path.read_text())["videos"]
-    out = []
-    for video, v in videos.items():
-        for exp_id, e in v["expressions"].items():
-            out.append(Expression(video, str(exp_id), e["exp"], int(e["type_id"]), list(e.get("anno_id") or []),
-                                  list(v["frames"])))
-    return out
+    return query_prompt(text, num_frames)
 
 
 def frame_dir(data: Path, video: str) -> Path:
     for cand in (data / "JPEGImages" / video, data / video):
         if cand.is_dir():
             return cand
-    raise RevosDataError(f"frames of video {video!r} not found under {data}/JPEGImages or {data}")
+    raise BenchDataError(f"frames of video {video!r} not found under {data}/JPEGImages or {data}")
 
 
-def write_manifest(data: Path, expressions: list[Expression], path: Path, sample_frames: int = 16) -> Path:
-    """One segment request per expression: LLM on 16 sampled frames, SAM 2 over all frames."""
-    rows = []
-    for e in expressions:
-        rows.append({"id": e.row_id, "frames": str(frame_dir(data, e.video)),
-                     "prompt": revos_prompt(e.exp, len(e.frames)), "propagate": "all", "sample_frames": sample_frames})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+@register
+class ReVOS(Benchmark):
+    name = "revos"
+    title = "ReVOS"
+    splits = ("valid",)
+    layout = "JPEGImages/<video>/<frame>.jpg, meta_expressions_valid_.json, mask_dict.json, mask_dict_foreground.json"
+    published = {"overall": {"J": (59.7, 61.7), "F": (64.4, 65.7), "J&F": (62.1, 63.7)}}
+    metrics = ("J", "F", "JF", "A", "R")
+    png_layout = True
 
+    def load_items(self) -> list[Item]:
+        videos = self.load_json(f"meta_expressions_{self.split}_.json").get("videos")
+        if not isinstance(videos, dict):
+            raise BenchDataError(f"{self.data}/meta_expressions_{self.split}_.json: no 'videos' object")
+        self.masks = self.load_json("mask_dict.json")
+        self.foreground = self.load_json("mask_dict_foreground.json")
+        items = []
+        for video, v in videos.items():
+            frames = [str(n) for n in v["frames"]]
+            folder = frame_dir(self.data, video)
+            for exp_id, e in v["expressions"].items():
+                request = frame_request(folder, frames, revos_prompt(e["exp"], len(frames)))
+                items.append(Item(f"{video}::{exp_id}", request, video, str(exp_id), frames,
+                                  gt=list(e.get("anno_id") or []),
+                                  info={"exp": e["exp"], "type_id": int(e["type_id"])}))
+        return items
 
-def export_pngs(results, expressions: list[Expression], data: Path, out: Path) -> None:
-    """Our results in the authors' layout `<out>/<video>/<exp_id>/<frame>.png` (0/255).
+    def score(self, item: Item, prediction: Prediction) -> dict[str, float]:
+        j, f, a, r = self.raw_scores(item, prediction)
+        # per-expression values are rounded first, the split means average the rounded values
+        return {"J": rounded(j), "F": rounded(f), "JF": float(np.round(100 * (np.float64(j) + f) / 2, 2)),
+                "A": rounded(a), "R": rounded(r)}
 
-    As the authors do, only the first `<|seg|>` object is scored, and a request that failed
-    or produced no mask is written as empty masks.
-    """
-    by_id = {r["id"]: r for r in results}
-    sizes: dict[str, tuple[int, int]] = {}  # frame size per video, for requests without masks
-    for e in expressions:
-        folder = out / e.video / e.exp_id
-        folder.mkdir(parents=True, exist_ok=True)
-        row = by_id.get(e.row_id)
-        objects = row["objects"] if row is not None and row["status"] == "ok" else []
-        masks = list(objects[0]["masks"]) if len(objects) else []
-        if len(masks) < len(e.frames) and e.video not in sizes:
-            files = sorted(frame_dir(data, e.video).iterdir(), key=lambda p: natural_key(p.name))
-            sizes[e.video] = Image.open(files[0]).size[::-1] if files else (1, 1)
-        for i, name in enumerate(e.frames):
-            m = rle_decode(masks[i]) if i < len(masks) else np.zeros(sizes[e.video], bool)
-            Image.fromarray(m.astype(np.uint8) * 255, mode="L").save(folder / f"{name}.png")
-
-
-# -- evaluation ---------------------------------------------------------------------------
-_STATE: dict = {}
-
-
-def _score(e: Expression) -> tuple[float, float, float, float]:
-    preds, masks, foreground = _STATE["preds"], _STATE["masks"], _STATE["foreground"]
-    try:
-        folder = preds / e.video
-        if not folder.exists():
-            return 0.0, 0.0, 0.0, 0.0
-        first = np.asarray(Image.open(folder / e.exp_id / f"{e.frames[0]}.png").convert("L"))
+    def raw_scores(self, item: Item, prediction: Prediction) -> tuple[float, float, float, float]:
+        masks = prediction.masks
+        first = masks.read(item.frames[0])
+        if first is None:
+            raise FileNotFoundError(f"no prediction for frame {item.frames[0]}")
         h, w = first.shape
-        n = len(e.frames)
+        n = len(item.frames)
         gt = np.zeros((n, h, w), np.uint8)
         pred = np.zeros((n, h, w), np.uint8)
         fg = np.zeros((n, h, w), np.uint8)
-        for t, name in enumerate(e.frames):
-            for anno_id in e.anno_ids:
-                rle = masks[str(anno_id)][t]
+        for t, name in enumerate(item.frames):
+            for anno_id in item.gt:
+                rle = self.masks[str(anno_id)][t]
                 if rle:
-                    gt[t] += mask_utils.decode(rle)
-            f = mask_utils.decode(foreground[e.video]["masks_rle"][t])  # a list of RLEs gives [H, W, n]
+                    gt[t] += mask_utils.decode(rle)  # uint8 sum: overlapping objects give 2
+            f = mask_utils.decode(self.foreground[item.video]["masks_rle"][t])  # a list of RLEs → [H, W, n]
             fg[t] = f.sum(axis=2).astype(np.uint8) if f.ndim == 3 else f.astype(np.uint8)
-            pred[t] = np.asarray(Image.open(folder / e.exp_id / f"{name}.png").convert("L"))
+            p = masks.read(name)
+            if p is None:
+                raise FileNotFoundError(f"no prediction for frame {name}")
+            pred[t] = p
         return expression_scores(gt, pred, fg)
-    except Exception:
-        # the authors' evaluator scores any missing file, size mismatch or decode error as 0
-        return 0.0, 0.0, 0.0, 0.0
+
+    def summarize(self, results: list[ItemResult]) -> dict:
+        rows = [{**r.scores, "type_id": r.item.info["type_id"]} for r in results]
+        return summarize(rows)
+
+    def table(self, summary: dict) -> list[tuple[str, dict[str, float]]]:
+        return [(name, {"J": v["J"], "F": v["F"], "J&F": v["JF"], "A": v["A"], "R": v["R"]})
+                for name, v in summary.items()]
+
+    def extra_reports(self, results: list[ItemResult], summary: dict, out: Path) -> list[Path]:
+        """The authors' own file names: revos_<split>.json and the per-expression CSV."""
+        rows = [expression_row(r.item, r.scores) for r in results]
+        return list(write_reports(rows, summary, out, self.split))
 
 
-def evaluate(data: Path, preds: Path, expressions: list[Expression], workers: int | None = None) -> list[dict]:
-    """Per-expression rows (in meta order), values as round(100·x, 2)."""
-    _STATE.update(preds=Path(preds),
-                  masks=json.loads((data / "mask_dict.json").read_text()),
-                  foreground=json.loads((data / "mask_dict_foreground.json").read_text()))
-    workers = workers or min(8, os.cpu_count() or 1)
-    if workers > 1 and len(expressions) > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            scores = pool.map(_score, expressions, chunksize=max(1, len(expressions) // (4 * workers)))
-    else:
-        scores = [_score(e) for e in expressions]
-    rows = []
-    for e, (j, f, a, r) in zip(expressions, scores):
-        rows.append({"video_name": e.video, "exp_id": e.exp_id, "exp": e.exp, "videxp": e.videxp,
-                     "J": rounded(j), "F": rounded(f), "JF": float(np.round(100 * (np.float64(j) + f) / 2, 2)),
-                     "A": rounded(a),
-                     "R": rounded(r), "type_id": e.type_id})
-    return rows
+def expression_row(item: Item, scores: dict) -> dict:
+    return {"video_name": item.video, "exp_id": item.exp_id, "exp": item.info["exp"],
+            "videxp": f"{item.video}_{item.exp_id}", **{k: scores[k] for k in ("J", "F", "JF", "A", "R")},
+            "type_id": item.info["type_id"]}
+
+
+# -- the functional interface of earlier versions (kept for scripts and tests) -------------
+
+
+def load_expressions(data: Path, split: str = "valid") -> list[Item]:
+    return ReVOS(data, split).load_items()
+
+
+def evaluate(data: Path, preds: Path, expressions: list[Item] | None = None, workers: int | None = None) -> list[dict]:
+    """Per-expression rows (in meta order) of PNG predictions, values as round(100·x, 2)."""
+    from .base import prediction_source, score_items
+
+    bench = ReVOS(data)
+    items = bench.load_items()
+    if expressions is not None:
+        keep = {e.id for e in expressions}
+        items = [i for i in items if i.id in keep]
+    results = score_items(bench, items, prediction_source(bench, preds), workers or 1)
+    return [expression_row(r.item, r.scores) for r in results]
 
 
 def summarize(rows: list[dict]) -> dict:
