@@ -469,8 +469,9 @@ def _print_bench(bench, outcome) -> None:
         rows = bench.table(report.summary)
         metrics = list(dict.fromkeys(k for _, values in rows for k in values))
         n_failed = len(report.failed)
-        title = f"{bench.title} {bench.split}: {len(report.results) - n_failed} of {len(report.results)} items scored"
-        table = Table(title=escape(title + (f", {n_failed} failed (scored 0)" if n_failed else "")))
+        counts = f"{len(report.results) - n_failed} of {len(report.results)} items scored" + (
+            f", {n_failed} failed (scored 0)" if n_failed else "")
+        table = Table(title=escape(f"{bench.title} {bench.split}"), caption=escape(counts))
         table.add_column("")
         for m in metrics:
             table.add_column(escape(m), justify="right")
@@ -481,8 +482,9 @@ def _print_bench(bench, outcome) -> None:
                 table.add_row(escape(f"published {size} ({label})"),
                               *(f"{values[m][i]:.1f}" if m in values else "" for m in metrics), style="dim")
         out.print(table)
+        out.print(escape(counts), soft_wrap=True)
         for r in report.failed[:5]:
-            console.print(f"[yellow]scored 0:[/] {escape(r.item.id)}: {escape(str(r.error))}")
+            console.print(f"[yellow]scored 0:[/] {escape(r.item.id)}: {escape(str(r.error))}", soft_wrap=True)
         if n_failed > 5:
             console.print(f"[yellow]… and {n_failed - 5} more in {escape(str(report.summary_path))}[/]")
         out.print(f"wrote {escape(str(report.summary_path))} and {escape(str(report.csv_path))}")
@@ -516,7 +518,7 @@ def _bench_command(cls):
             outcome = run_benchmark(bench, out, run_requests, preds=preds, limit=limit, workers=workers,
                                     export_png=export_png, score=shard is None or preds is not None)
         except BenchDataError as e:
-            console.print(f"[red]error:[/] {escape(str(e))}")
+            console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from e
         if outcome.report is None and outcome.submission is None and outcome.exit_code not in (EXIT_OK,
                                                                                                 EXIT_ROWS_FAILED):

@@ -109,7 +109,8 @@ class RowFrameMasks(FrameMasks):
     def __init__(self, row: dict, frames: list[str]) -> None:
         objects = row.get("objects")
         masks = list(objects[0]["masks"]) if objects is not None and len(objects) else []
-        indices = list(row.get("frame_indices") or [])
+        given = row.get("frame_indices")  # a numpy array when read back through pandas
+        indices = [] if given is None else [int(i) for i in given]
         self._by_name = {frames[i]: m for i, m in zip(indices, masks) if 0 <= i < len(frames)}
         self._order = [frames[i] for i in indices if 0 <= i < len(frames)]
 
@@ -365,7 +366,11 @@ def export_pngs(items: list[Item], source: Callable[[Item], Prediction], out: Pa
         for name in item.frames:
             m = pred.masks.read(name) if pred.masks is not None else None
             if m is None:
-                empty = empty if empty is not None else np.zeros(frame_size(item), np.uint8)
+                if empty is None:
+                    try:
+                        empty = np.zeros(frame_size(item), np.uint8)
+                    except (OSError, BenchDataError):
+                        break  # no readable frame to size it: the item is scored as failed anyway
                 m = empty
             Image.fromarray(m, mode="L").save(folder / f"{name}.png")
 
