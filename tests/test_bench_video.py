@@ -282,7 +282,7 @@ def test_mevis_cli_summary_and_exit_codes(mini_mevis, tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert {k: summary[k] for k in ("J", "F", "J&F")} == {"J": 100.0, "F": 100.0, "J&F": 100.0}
-    assert summary["items"] == {"total": 3, "scored": 3, "failed": 0, "failures": []}
+    assert summary["items"] == {"total": 3, "scored": 3, "failed": 0, "no_mask": 0, "failures": []}
     assert "3 of 3 items scored" in r.stdout and "published 3B" in r.stdout
     header = (tmp_path / "eval" / "items.csv").read_text().splitlines()[0]
     assert header == "id,video,exp_id,exp,J,F,status,error"
@@ -515,3 +515,33 @@ def test_groundmore_end_to_end_with_tiny_checkpoint(mini_groundmore, tmp_path, c
         assert len(row["objects"][0]["masks"]) == 20  # SAM 2 over the 20 sampled frames
     pngs = sorted((tmp_path / "run" / "preds" / GM_VIDEO / "q0").glob("*.png"))
     assert [p.stem for p in pngs] == [f"frame_{i:06d}" for i in gm_indices()]
+
+
+# -- --preds from our own results dataset ------------------------------------------------------------
+
+
+def result_row(row_id, masks=None, status="ok", h=H, w=W):
+    objects = [] if masks is None else [{"object_id": 0, "source": "seg", "score": 1.0,
+                                         "masks": [rle_encode(m) for m in masks]}]
+    return {"id": row_id, "task": "segment", "media": "x", "prompt": "p", "answer": "a", "raw_answer": "a",
+            "frame_indices": list(range(len(masks or []))), "height": h, "width": w, "objects": objects,
+            "status": status, "error": None if status == "ok" else "x.jpg: file not found"}
+
+
+def test_preds_from_a_results_dataset(mini_mevis, tmp_path):
+    from unipixel_cli.output import ResultsWriter
+
+    writer = ResultsWriter(tmp_path / "results")
+    writer.write(result_row("v1::0", [OBJ_A | OBJ_B, OBJ_A]))  # perfect
+    writer.write(result_row("v1::1", None))  # answered without <|seg|>: empty masks, as the authors score it
+    writer.write(result_row("v2::0", status="error"))  # failed request: scored 0, counted
+    writer.close()
+    r = run_cli("mevis", "--data", mini_mevis, "--split", "valid_u", "--preds", tmp_path / "results",
+                "-o", tmp_path / "out")
+    assert r.returncode == 3, r.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    # v1::1 empty vs OBJ_A on both frames: J = F = 0; v1::0: 1; v2::0 failed: 0
+    assert summary["J"] == round(100 / 3, 2) and summary["F"] == round(100 / 3, 2)
+    assert summary["items"]["failed"] == 1 and summary["items"]["no_mask"] == 1
+    assert summary["items"]["failures"][0] == {"id": "v2::0", "error": "request failed: x.jpg: file not found"}
+    assert "1 answered without a mask" in r.stdout

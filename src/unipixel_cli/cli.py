@@ -469,8 +469,10 @@ def _print_bench(bench, outcome) -> None:
         rows = bench.table(report.summary)
         metrics = list(dict.fromkeys(k for _, values in rows for k in values))
         n_failed = len(report.failed)
+        n_no_mask = sum(r.no_mask for r in report.results)
         counts = f"{len(report.results) - n_failed} of {len(report.results)} items scored" + (
-            f", {n_failed} failed (scored 0)" if n_failed else "")
+            f", {n_failed} failed (scored 0)" if n_failed else "") + (
+            f", {n_no_mask} answered without a mask (scored as empty masks, as the authors do)" if n_no_mask else "")
         table = Table(title=escape(f"{bench.title} {bench.split}"), caption=escape(counts))
         table.add_column("")
         for m in metrics:

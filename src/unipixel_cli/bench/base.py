@@ -104,20 +104,26 @@ class PngFrameMasks(FrameMasks):
 
 class RowFrameMasks(FrameMasks):
     """The first `<|seg|>` object of one of our result rows (the authors score only the
-    first), keyed by the item's frame names through the row's `frame_indices`."""
+    first), keyed by the item's frame names through the row's `frame_indices`. A row that
+    answered without `<|seg|>` reads as empty masks on every frame: the authors' inference
+    writes zeros for it and their evaluator scores those."""
 
     def __init__(self, row: dict, frames: list[str]) -> None:
         objects = row.get("objects")
-        masks = list(objects[0]["masks"]) if objects is not None and len(objects) else []
+        self.has_mask = objects is not None and len(objects) > 0
+        masks = list(objects[0]["masks"]) if self.has_mask else []
         given = row.get("frame_indices")  # a numpy array when read back through pandas
         indices = [] if given is None else [int(i) for i in given]
         self._by_name = {frames[i]: m for i, m in zip(indices, masks) if 0 <= i < len(frames)}
-        self._order = [frames[i] for i in indices if 0 <= i < len(frames)]
+        self._order = [frames[i] for i in indices if 0 <= i < len(frames)] if self.has_mask else list(frames)
+        self._size = (int(row.get("height") or 0), int(row.get("width") or 0))
 
     def names(self) -> list[str]:
-        return [n for n in self._order if n in self._by_name]
+        return [n for n in self._order if n in self._by_name or not self.has_mask]
 
     def read(self, name: str) -> np.ndarray | None:
+        if not self.has_mask:
+            return np.zeros(self._size, np.uint8) if name in self._order else None
         rle = self._by_name.get(name)
         return None if rle is None else rle_decode(rle).astype(np.uint8) * 255
 
@@ -137,6 +143,7 @@ class ItemResult:
     item: Item
     scores: dict[str, float]
     error: str | None = None  # why the item scored 0 (failed request, missing or bad prediction)
+    no_mask: bool = False  # the model answered without <|seg|>: scored as empty masks
 
     @property
     def failed(self) -> bool:
@@ -300,16 +307,17 @@ def score_item(bench: Benchmark, item: Item, prediction: Prediction) -> ItemResu
     """Never raises: a failed request, a missing/mis-sized/undecodable prediction scores 0."""
     if prediction.error is not None:
         return ItemResult(item, bench.zero_scores(item), prediction.error)
+    no_mask = isinstance(prediction.masks, RowFrameMasks) and not prediction.masks.has_mask
     try:
-        return ItemResult(item, bench.score(item, prediction))
+        return ItemResult(item, bench.score(item, prediction), no_mask=no_mask)
     except Exception as e:  # scoring code raising on bad predictions is expected, see docstring
         return ItemResult(item, bench.zero_scores(item), f"{type(e).__name__}: {e}")
 
 
-def _score_in_worker(i: int) -> tuple[dict[str, float], str | None]:
+def _score_in_worker(i: int) -> tuple[dict[str, float], str | None, bool]:
     bench, items, source = _POOL_STATE["job"]
     result = score_item(bench, items[i], source(items[i]))
-    return result.scores, result.error  # the item (and its ground truth) stays in the parent
+    return result.scores, result.error, result.no_mask  # the item (and its ground truth) stays in the parent
 
 
 def score_items(bench: Benchmark, items: list[Item], source: Callable[[Item], Prediction],
@@ -321,7 +329,7 @@ def score_items(bench: Benchmark, items: list[Item], source: Callable[[Item], Pr
     try:
         with mp.get_context("fork").Pool(workers) as pool:
             scored = pool.map(_score_in_worker, range(len(items)), chunksize=max(1, len(items) // (4 * workers)))
-        return [ItemResult(item, scores, error) for item, (scores, error) in zip(items, scored)]
+        return [ItemResult(item, *values) for item, values in zip(items, scored)]
     finally:
         _POOL_STATE.pop("job", None)
 
@@ -407,6 +415,7 @@ def write_reports(bench: Benchmark, results: list[ItemResult], out: Path) -> Rep
     failed = [r for r in results if r.failed]
     summary_doc = {**summary, "items": {"total": len(results), "scored": len(results) - len(failed),
                                         "failed": len(failed),
+                                        "no_mask": sum(r.no_mask for r in results),
                                         "failures": [{"id": r.item.id, "error": r.error} for r in failed]}}
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(summary_doc, indent=4))
