@@ -545,3 +545,38 @@ def test_preds_from_a_results_dataset(mini_mevis, tmp_path):
     assert summary["items"]["failed"] == 1 and summary["items"]["no_mask"] == 1
     assert summary["items"]["failures"][0] == {"id": "v2::0", "error": "request failed: x.jpg: file not found"}
     assert "1 answered without a mask" in r.stdout
+
+
+def test_run_path_relative_data_and_failed_requests(mini_mevis, tmp_path, monkeypatch):
+    """The run path without a model: the manifest it hands to the runner names absolute frame
+    folders even for a relative --data, and failed requests give exit 3 with the items counted."""
+    from unipixel_cli.bench.base import run_benchmark
+    from unipixel_cli.manifest import load_manifest
+    from unipixel_cli.output import ResultsWriter
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def fake_runner(manifest: Path, results: Path) -> int:
+        rows, bad = load_manifest(manifest, "segment")
+        seen["rows"] = rows
+        assert not bad
+        writer = ResultsWriter(results)
+        writer.write(result_row("v1::0", [OBJ_A | OBJ_B, OBJ_A]))
+        writer.write(result_row("v1::1", status="error"))
+        writer.write(result_row("v2::0", status="error"))
+        writer.close()
+        return 3
+
+    outcome = run_benchmark(MeViS(Path("mevis"), "valid_u"), Path("out"), fake_runner)
+    assert all(r.media_path.is_absolute() and r.media_path.is_dir() for r in seen["rows"])
+    assert [r.row.frame_files for r in seen["rows"]] == [["00000.jpg", "00001.jpg"]] * 3
+    assert outcome.exit_code == 3 and outcome.requests_failed == 2
+    assert [r.item.id for r in outcome.report.failed] == ["v1::1", "v2::0"]
+    assert outcome.report.summary["J"] == round(100 / 3, 2)
+    # the failed requests are written as empty PNGs in the authors' layout, sized like the frames
+    png = tmp_path / "out" / "preds" / "v2" / "0" / "00001.png"
+    assert Image.open(png).size == (W, H) and not np.asarray(Image.open(png)).any()
+    # a runner that could not start (lock held, model missing) ends the run with its own code
+    assert run_benchmark(MeViS(Path("mevis"), "valid_u"), Path("out2"), lambda m, r: 4).exit_code == 4
+    assert not (tmp_path / "out2" / "summary.json").exists()
