@@ -27,10 +27,12 @@ def revos_prompt(exp: str, num_frames: int) -> str:
 
 
 def frame_dir(data: Path, video: str) -> Path:
+    """JPEGImages/<video> (or <video> directly, as the authors' loader reads it). A missing
+    folder is not an error here: `--preds` needs no frames, and a run fails just that request."""
     for cand in (data / "JPEGImages" / video, data / video):
         if cand.is_dir():
             return cand
-    raise BenchDataError(f"frames of video {video!r} not found under {data}/JPEGImages or {data}")
+    return data / "JPEGImages" / video
 
 
 @register
