@@ -580,3 +580,17 @@ def test_run_path_relative_data_and_failed_requests(mini_mevis, tmp_path, monkey
     # a runner that could not start (lock held, model missing) ends the run with its own code
     assert run_benchmark(MeViS(Path("mevis"), "valid_u"), Path("out2"), lambda m, r: 4).exit_code == 4
     assert not (tmp_path / "out2" / "summary.json").exists()
+
+
+def test_bench_help_lists_every_video_benchmark_and_a_shard_stops_before_scoring(mini_mevis, tmp_path):
+    from unipixel_cli.bench.base import run_benchmark
+
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for name in ("revos", "mevis", "ref-youtube-vos", "ref-davis17", "ref-sav", "groundmore"):
+        assert f" {name} " in r.stdout, name
+    calls = []
+    outcome = run_benchmark(MeViS(mini_mevis, "valid_u"), tmp_path / "out", lambda m, res: calls.append(m) or 0,
+                            score=False)
+    assert len(calls) == 1 and outcome.exit_code == 0 and outcome.report is None
+    assert not (tmp_path / "out" / "summary.json").exists()
