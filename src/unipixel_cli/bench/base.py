@@ -476,13 +476,13 @@ def run_benchmark(bench: Benchmark, out: Path, run_requests: RunRequests | None,
             return prediction_from_row(rows.get(item.id), item)
     else:
         source = prediction_source(bench, preds)
+    if not bench.has_ground_truth():  # its PNGs go into the submission folder only
+        sub = bench.submission(source, items, out)
+        return BenchOutcome(None, requests_failed, 3 if requests_failed else 0, sub)
     preds_dir = None
     if bench.png_layout and preds is None:
         preds_dir = Path(export_png or out / "preds")
         export_pngs(items, source, preds_dir)
-    if not bench.has_ground_truth():
-        sub = bench.submission(source, items, out)
-        return BenchOutcome(None, requests_failed, 3 if requests_failed else 0, sub, preds_dir)
     results = score_items(bench, items, source, workers)
     report = write_reports(bench, results, out)
     code = 3 if requests_failed or report.failed else 0
