@@ -297,6 +297,10 @@ def test_mevis_cli_summary_and_exit_codes(mini_mevis, tmp_path):
     assert r.returncode == 2 and "nowhere: dataset folder not found" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("mevis", "--data", "mevis", "--split", "valid", "--preds", "perfect", cwd=tmp_path)
     assert r.returncode == 2 and "valid/meta_expressions.json: not found" in r.stderr
+    (tmp_path / "mevis" / "valid_u" / "meta_expressions.json").write_text(json.dumps({"video": {}}))
+    r = run_cli("mevis", "--data", "mevis", "--split", "valid_u", "--preds", "perfect", cwd=tmp_path)
+    assert r.returncode == 2 and "not in the expected format (KeyError: 'videos')" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_mevis_valid_and_ref_youtube_vos_write_a_submission_zip(tmp_path):

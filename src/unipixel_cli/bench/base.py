@@ -188,6 +188,17 @@ class Benchmark(ABC):
     def table(self, summary: dict) -> list[tuple[str, dict[str, float]]]:
         """Printed rows: (label, {metric: value in the published scale})."""
 
+    def items(self) -> list[Item]:
+        """`load_items`, with malformed annotations (a missing key, a wrong type) reported as one
+        BenchDataError line instead of a traceback."""
+        try:
+            return self.load_items()
+        except BenchDataError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as e:
+            raise BenchDataError(f"{self.data}: {self.title} annotations are not in the expected format "
+                                 f"({type(e).__name__}: {e}); expected {self.layout}") from e
+
     # optional ---------------------------------------------------------------------------
     def has_ground_truth(self) -> bool:
         return True
@@ -455,7 +466,7 @@ def run_benchmark(bench: Benchmark, out: Path, run_requests: RunRequests | None,
     and are counted); 0 otherwise; the runner's own code (2, 4, 1) when nothing could run.
     """
     out = Path(out).expanduser().resolve()
-    items = bench.load_items()
+    items = bench.items()
     if limit is not None:
         items = items[:limit]
     requests_failed = 0
