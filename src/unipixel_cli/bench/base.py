@@ -17,14 +17,18 @@ How to add a benchmark
    numbers: `{"row label": {"metric": (3B, 7B)}}`), `metrics` (per-item metric columns).
 2. `load_items()` opens exactly the files the authors' dataset class opens and returns
    `Item`s: a unique `id`, the `request` (a manifest row without `id`: `prompt`/`question`,
-   media, `sample_frames`, `propagate`, ...) and whatever ground truth `score` needs. A
-   missing file or key raises `BenchDataError` naming it (never a traceback).
+   media, `sample_frames`, `propagate`, ...) and whatever ground truth `score` needs. Use
+   `self.file(...)`, `self.load_json(...)`, `safe_load_pickle(...)`: a missing file raises
+   `BenchDataError` naming it; a missing key (KeyError, ...) becomes one in `items()`.
 3. `score(item, prediction)` returns `{metric: value}` for one item, exactly like the
    authors' evaluator. It may raise: the framework turns any exception (missing prediction,
    mis-sized mask, undecodable file) into a zero score for the item and counts it as failed.
 4. `summarize(results)` averages `ItemResult`s in the authors' order and returns the dict
    their evaluator writes (same metric names); `table(summary)` gives the printed rows.
 5. Import the module in `bench/__init__.py` (the import registers it).
+`Prediction` carries `masks` (per frame, by name; `RowFrameMasks` maps a result row's
+`frame_indices` onto `Item.frames`), `answer` (text) and `row` (our full result row), or
+`error` (failed request / missing prediction: scored 0 without calling `score`).
 Video benchmarks set `png_layout = True` so `--preds` also accepts the authors' PNG folders
 `<pred>/<video>/<exp_id>/<frame>.png` and runs export them (see `export_pngs`). Splits
 without public ground truth return False from `has_ground_truth` and get a submission zip.
