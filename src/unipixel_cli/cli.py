@@ -473,7 +473,7 @@ def _print_bench(bench, outcome) -> None:
         counts = f"{len(report.results) - n_failed} of {len(report.results)} items scored" + (
             f", {n_failed} failed (scored 0)" if n_failed else "") + (
             f", {n_no_mask} answered without a mask (scored as empty masks, as the authors do)" if n_no_mask else "")
-        table = Table(title=escape(f"{bench.title} {bench.split}"), caption=escape(counts))
+        table = Table(title=escape(f"{bench.title} {bench.split}"))
         table.add_column("")
         for m in metrics:
             table.add_column(escape(m), justify="right")
