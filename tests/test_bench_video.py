@@ -325,6 +325,20 @@ def test_mevis_valid_and_ref_youtube_vos_write_a_submission_zip(tmp_path):
             assert not np.asarray(Image.open(fh)).any()
 
 
+def test_mevis_valid_submission_zip_has_videos_at_the_root(mini_mevis, tmp_path):
+    root = mini_mevis / "valid"
+    write_frames(root / "JPEGImages" / "v9", ["00000"])
+    (root / "meta_expressions.json").write_text(json.dumps({"videos": {"v9": {
+        "frames": ["00000"], "expressions": {"4": {"exp": "the bird"}}}}}))
+    preds = tmp_path / "preds"
+    write_png_preds(preds, "v9", "4", {"00000": OBJ_A})
+    r = run_cli("mevis", "--data", mini_mevis, "--split", "valid", "--preds", preds, "-o", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(tmp_path / "out" / "mevis_valid_submission.zip") as zf:
+        assert zf.namelist() == ["v9/4/00000.png"]
+    assert not (tmp_path / "out" / "summary.json").exists()  # no score without masks
+
+
 def test_ref_sav_prompt_and_layout(tmp_path):
     data = tmp_path / "ref_sav"
     write_frames(data / "valid" / "videos" / "sav_1", ["00000", "00004"])

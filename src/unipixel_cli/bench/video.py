@@ -99,15 +99,19 @@ class SegEval(Benchmark):
 
 
 class SubmissionMixin:
-    """Splits without public masks: PNGs zipped as `Annotations/<video>/<exp_id>/<frame>.png`,
-    the layout the Ref-YouTube-VOS and MeViS CodaLab servers take."""
+    """Splits without public masks: our PNGs zipped for the benchmark's CodaLab server.
+    Ref-YouTube-VOS takes `Annotations/<video>/<exp_id>/<frame>.png` (ReferFormer's
+    `zip -r submission.zip Annotations`); MeViS takes `<video>/<exp_id>/<frame>.png` at the
+    zip root (the MeViS baseline's `cd inference && zip -r submission.zip ./*`)."""
+
+    submission_prefix = ""
 
     def submission(self, predictions, items: list[Item], out: Path) -> Path | None:
         from .base import export_pngs
 
-        folder = out / "submission" / "Annotations"
+        folder = out / "submission"
         export_pngs(items, predictions, folder)
-        return zip_folder(folder, out / f"{self.name}_{self.split}_submission.zip", prefix="Annotations/")
+        return zip_folder(folder, out / f"{self.name}_{self.split}_submission.zip", prefix=self.submission_prefix)
 
 
 @register
@@ -137,6 +141,7 @@ class RefYouTubeVOS(SubmissionMixin, SegEval):
     splits = ("valid",)
     layout = "meta_expressions/valid/meta_expressions.json, valid/JPEGImages/<video>/<frame>.jpg (submission zip)"
     published = {"valid": {"J": (68.6, 69.5), "F": (72.3, 72.4), "J&F": (70.5, 71.0)}}
+    submission_prefix = "Annotations/"
 
     def has_ground_truth(self) -> bool:
         return False  # the valid masks are held by the evaluation server
