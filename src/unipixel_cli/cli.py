@@ -505,7 +505,7 @@ def _bench_command(cls):
 
     def command(data, split=cls.splits[0], out=Path(f"{cls.name}-out"), preds=None, export_png=None, limit=None,
                 shard=None, workers=1, model="PolyU-ChenLab/UniPixel-3B", device="auto", dtype="auto",
-                batch_size=8, max_new_tokens=512, resume=True, quiet=False, log_format="text"    ) -> None:
+                batch_size=8, max_new_tokens=512, resume=True, quiet=False, log_format="text") -> None:
         from rich.markup import escape
 
         from .bench.base import BenchDataError, run_benchmark
