@@ -121,6 +121,14 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
          batch_size: int, sample_frames: int, propagate: str, max_new_tokens: int,
          shard: str | None, resume: bool, limit: int | None, quiet: bool, log_format: str,
          render_dir: Path | None = None, ray: dict | None = None) -> int:
+    # checked before the heavy imports and before the output folder exists
+    if render_dir is not None:
+        from .export import is_results_dataset
+
+        if render_dir.resolve() == out.resolve() or is_results_dataset(render_dir):
+            console.print("[red]error:[/] --render must be a folder of its own, not a results dataset",
+                          soft_wrap=True)
+            return EXIT_USAGE
     from .engine import EngineOptions, error_row, run_pipeline
     from .manifest import ManifestError, load_manifest
     from .output import LockHeld, OutputLock, ResultsWriter, Shard, part_files, written_ids
@@ -164,7 +172,7 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
             renderer = None
             if render_dir is not None:
                 from .render import Renderer
-                renderer = Renderer(render_dir)
+                renderer = Renderer(render_dir, manifest=manifest)
 
             def sink(row: dict) -> None:
                 writer.write(row)
@@ -205,7 +213,9 @@ def _engine(task: str, model: str, device: str, dtype: str, options):
         path = resolve_model(model)
         unipixel, processor = load_unipixel(path, device=device, dtype=dtype)
     except ModelLoadError as e:
-        console.print(f"[red]error:[/] {e}")
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)  # one line: no wrap at 80 columns
         raise typer.Exit(EXIT_FATAL) from e
     if task == "pixelqa":
         from .pixelqa import PixelQAEngine
@@ -273,25 +283,58 @@ def pixelqa(
                           _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker)))
 
 
+RenderOutOpt = Annotated[Path, typer.Option(
+    "-o", "--out", envvar=env("RENDER_OUT"),
+    help="Folder for the report: index.html and media/ (not a results dataset).")]
+
+
 @app.command()
 def render(
     results: Annotated[Path, typer.Argument(help="Results dataset directory.")],
-    out: OutOpt = Path("unipixel-render"),
+    out: RenderOutOpt = Path("unipixel-render"),
     ids: Annotated[str | None, typer.Option("--ids", help="Comma-separated ids to render")] = None,
     fmt: Annotated[str, typer.Option("--format", help="mp4 | gif | png")] = "mp4",
     limit: LimitOpt = None,
 ) -> None:
     """Mask overlays (mp4/gif/png), contact sheets and a browsable index.html."""
+    from rich.markup import escape
+
+    from .export import ExportError
     from .render import render_results
 
     if fmt not in ("mp4", "gif", "png"):
-        console.print(f"[red]--format must be mp4, gif or png, got {fmt!r}")
+        console.print(f"[red]--format must be mp4, gif or png, got {escape(repr(fmt))}")
         raise typer.Exit(EXIT_USAGE)
-    if not results.is_dir():
-        console.print(f"[red]error:[/] {results} is not a results directory")
-        raise typer.Exit(EXIT_USAGE)
-    index = render_results(results, out, ids.split(",") if ids else None, fmt, limit)
-    stdout_console().print(f"wrote {index}")
+    try:
+        index = render_results(results, out, [i for i in ids.split(",") if i] if ids else None, fmt, limit)
+    except ExportError as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from e
+    stdout_console().print(f"wrote {escape(str(index))}", soft_wrap=True)
+
+
+@app.command()
+def export(
+    results: Annotated[Path, typer.Argument(help="Results dataset directory.")],
+    fmt: Annotated[str, typer.Option("--format", help="coco | png | fiftyone")],
+    out: Annotated[Path, typer.Option("-o", "--out", envvar=env("EXPORT_OUT"),
+                                      help="Folder to write the export into (not a results dataset).")],
+    png_style: Annotated[str, typer.Option("--png-style", help="objects: <id>/<object>/<frame>.png (0/255); "
+                                           "palette: <id>/<frame>.png, pixel = object id + 1")] = "objects",
+) -> None:
+    """Masks into the tools people already use: COCO JSON, per-frame PNGs or a FiftyOne dataset."""
+    from rich.markup import escape
+
+    from .export import ExportError, export_results
+
+    try:
+        summary = export_results(results, out, fmt, png_style)
+    except ExportError as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from e
+    stdout_console().print(f"wrote {escape(str(summary.path))}: {summary.requests} requests"
+                           + (f" ({summary.skipped} error rows have no masks)" if summary.skipped else ""),
+                           soft_wrap=True)
 
 
 @app.command()
@@ -540,18 +583,20 @@ def weights_list() -> None:
 @weights_app.command("pull")
 def weights_pull(name: Annotated[str, typer.Argument(help="Known name or hub id.")]) -> None:
     """Download a checkpoint into the Hugging Face cache (resumable)."""
+    from rich.markup import escape
+
     from .model.loading import ModelLoadError
     from .weights import lookup, offline, pull
 
     known = lookup(name)
     repo, rev = (known.repo_id, known.revision) if known else (name, "main")
     if offline():
-        console.print("[red]error:[/] HF_HUB_OFFLINE is set; cannot download")
+        console.print("[red]error:[/] HF_HUB_OFFLINE is set; cannot download", soft_wrap=True)
         raise typer.Exit(EXIT_FATAL)
     try:
-        stdout_console().print(f"downloaded to {pull(repo, rev)}")
+        stdout_console().print(f"downloaded to {escape(str(pull(repo, rev)))}", soft_wrap=True)
     except ModelLoadError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(EXIT_FATAL) from e
 
 

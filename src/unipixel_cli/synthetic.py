@@ -42,17 +42,25 @@ def iter_moving_shapes(num_frames: int, height: int = 120, width: int = 160, see
 
 
 def write_video(path: Path, frames: np.ndarray | Iterable[np.ndarray], fps: int = 10) -> Path:
-    """Encode uint8 RGB frames (an array or any iterable of `[H, W, 3]`) as H.264 (or MPEG-4)."""
+    """Encode uint8 RGB frames (an array or any iterable of `[H, W, 3]`) as H.264 (or MPEG-4).
+
+    Byte-for-byte reproducible for a given PyAV build: one encoder thread (x264 splits frames
+    into slices by thread count, which follows the machine's cores) and bit-exact muxing (no
+    library version string in the container)."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = iter(frames)
     first = next(frames)
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as out:
         stream = out.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
+        stream.thread_count = 1
+        stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for f in itertools.chain([first], frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            # explicit single-threaded colour conversion: the encoder's implicit one picks threads itself
+            yuv = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p", threads=1)
+            for packet in stream.encode(yuv):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)

@@ -58,6 +58,8 @@ def resolve_model(name: str) -> Path:
         if not seed.isdigit():
             raise ModelLoadError(f"--model {name!r}: use tiny-random or tiny-random-<seed>")
         return tiny_random_path(int(seed))
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, never a hub id (owner/name)
+        raise ModelLoadError(f"--model {name}: no such checkpoint directory")
     known = lookup(name)
     repo_id, revision = (known.repo_id, known.revision) if known else (name, "main")
     if "/" not in repo_id:
@@ -68,8 +70,24 @@ def resolve_model(name: str) -> Path:
         return local
     if offline():
         raise ModelLoadError(f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-                             f"run `unipixel weights pull {repo_id}` on a machine with network")
-    return pull(repo_id, revision)
+                             f"run `unipixel weights pull {repo_id}` on a machine with network. {NEXT_STEP}")
+    try:
+        return pull(repo_id, revision)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{e} {NEXT_STEP}") from e
+
+
+# What a first run without the weights (no network, no GPU) can do next: said by --model errors
+# only, since `weights pull` has no --model to change.
+NEXT_STEP = ("To try the tool offline: `unipixel segment examples/videos.jsonl -o smoke/ --model tiny-random`; "
+             "or give --model a local checkpoint directory.")
+
+
+def _reason(e: Exception) -> str:
+    """The first line of a hub error, without huggingface_hub's long advice paragraph."""
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    first = first.removeprefix("Got: ")
+    return first if len(first) <= 160 else first[:157] + "..."
 
 
 def pull(repo_id: str, revision: str = "main") -> Path:
@@ -79,5 +97,5 @@ def pull(repo_id: str, revision: str = "main") -> Path:
         return Path(snapshot_download(repo_id, revision=revision,
                                       allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]))
     except Exception as e:
-        raise ModelLoadError(f"cannot download {repo_id}: {e}. Check the network or pass a local "
-                             "directory with --model") from e
+        raise ModelLoadError(f"cannot download {repo_id} from the Hugging Face hub ({_reason(e)}); check the "
+                             "network (or HF_ENDPOINT, proxy settings) and run it again: downloads resume.") from e

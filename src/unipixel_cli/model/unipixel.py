@@ -148,6 +148,10 @@ class UniPixel(torch.nn.Module):
         self.tokens = tokens
         self.sam2_image_size = sam2_image_size
         self.compute_dtype = compute_dtype
+        # one request per LLM forward and one object per SAM 2 state, as the authors run them:
+        # in bf16 a batched GEMM may round differently from a single row (measured, see
+        # benchmarks/batch_invariance.py), so this makes each row's output independent of its batch
+        self.batch_invariant = False
         self._captured: dict[str, torch.Tensor] = {}
         # the seg path reads the last layer *before* the final norm, the memory path reads
         # the ViT features entering the patch merger's MLP: capture both with pre-hooks
@@ -235,6 +239,8 @@ class UniPixel(torch.nn.Module):
     @torch.inference_mode()
     def run_llm(self, requests: list[LLMRequest], trace: bool = False) -> list[LLMResult]:
         """inject → prefill → greedy decoding, batched (left padding, per-sample positions and EOS)."""
+        if self.batch_invariant and len(requests) > 1:
+            return [r for req in requests for r in self.run_llm([req], trace=trace)]
         traces: list[dict] = [{} for _ in requests]
         embeds, positions = self.inject(requests, traces if trace else None)
         state = self.prefill(requests, embeds, positions, traces if trace else None)
@@ -393,8 +399,8 @@ class UniPixel(torch.nn.Module):
             hidden = torch.cat([j.seg_tokens for j in group])
             bounds = [0, *torch.tensor(counts).cumsum(0).tolist()]
             lowres, presence = [], []
-            for t, low, step in self.sam2.propagate(hidden, num_frames, [j.load_frames for j in group],
-                                                    chunk_size, objects_per_video=counts):
+            for t, low, step in self._propagate(hidden, num_frames, [j.load_frames for j in group], chunk_size,
+                                                counts):
                 for j, a, b in zip(group, bounds[:-1], bounds[1:]):
                     masks = masks_at_resolution(low[a:b], j.height, j.width).cpu()
                     if j.on_frame is not None:
@@ -410,6 +416,22 @@ class UniPixel(torch.nn.Module):
                 j.scores = mean_presence[a:b]
             if trace is not None:
                 trace["lowres_logits"] = torch.stack(lowres, dim=1)
+
+
+    def _propagate(self, hidden: torch.Tensor, num_frames: int, loaders: list, chunk_size: int, counts: list[int]):
+        """All objects in one SAM 2 batch, or (batch-invariant) one state per object advanced in
+        lockstep, each reading its own video's frames; yields what `propagate` yields."""
+        if not self.batch_invariant or hidden.shape[0] == 1:
+            yield from self.sam2.propagate(hidden, num_frames, loaders, chunk_size, objects_per_video=counts)
+            return
+        owner = [v for v, c in enumerate(counts) for _ in range(c)]
+        streams = [self.sam2.propagate(hidden[k:k + 1], num_frames, loaders[owner[k]], chunk_size)
+                   for k in range(hidden.shape[0])]
+        for per_object in zip(*streams):
+            t = per_object[0][0]
+            low = torch.cat([o[1] for o in per_object])
+            scores = torch.cat([o[2]["object_score_logits"] for o in per_object])
+            yield t, low, {"object_score_logits": scores}
 
 
 @dataclass
