@@ -9,8 +9,8 @@ import numpy as np
 from unipixel_cli.output import rle_decode
 
 
-def cli(*args, timeout=600):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def cli(*args, timeout=600, env=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "unipixel_cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env)
 

@@ -13,13 +13,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
 
 app = typer.Typer(help="Batch inference for UniPixel: refer, segment and answer over many videos.",
-                  no_args_is_help=True, add_completion=False)
-weights_app = typer.Typer(help="Known checkpoints: list and download.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+weights_app = typer.Typer(help="Known checkpoints: list and download.", no_args_is_help=True,
+                          rich_markup_mode=None)
 app.add_typer(weights_app, name="weights")
 console = Console(stderr=True)
 
@@ -38,14 +40,23 @@ def env(name: str) -> str:
 ModelOpt = Annotated[str, typer.Option("--model", envvar=env("MODEL"),
                                        help="Hub id, known name (unipixel-3b, unipixel-7b) or local dir.")]
 DeviceOpt = Annotated[str, typer.Option(envvar=env("DEVICE"), help="auto | cpu | cuda | cuda:N")]
-DtypeOpt = Annotated[str, typer.Option(envvar=env("DTYPE"), help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")]
+DtypeOpt = Annotated[str, typer.Option(envvar=env("DTYPE"),
+                                       help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32 (fp16 is not "
+                                            "supported)")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, envvar=env("BATCH_SIZE"))]
 FramesOpt = Annotated[int, typer.Option("--sample-frames", min=1, envvar=env("SAMPLE_FRAMES"))]
 PropOpt = Annotated[str, typer.Option("--propagate", envvar=env("PROPAGATE"), help="sampled | all")]
 TokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, envvar=env("MAX_NEW_TOKENS"))]
 ShardOpt = Annotated[str | None, typer.Option("--shard", envvar=env("SHARD"), help="i/N")]
 ResumeOpt = Annotated[bool, typer.Option("--resume/--overwrite", envvar=env("RESUME"),
-                                         help="Skip ids already written (default) or start over.")]
+                                         help="Skip rows already done (default) or delete this shard's "
+                                              "results and start over.")]
+RetryOpt = Annotated[bool, typer.Option("--retry-errors/--no-retry-errors", envvar=env("RETRY_ERRORS"),
+                                        help="Rerun rows whose latest status is error.")]
+SupersedeOpt = Annotated[bool, typer.Option("--supersede", envvar=env("SUPERSEDE"),
+                                            help="The output holds results of another model or other "
+                                                 "output-affecting options: rerun every row with these "
+                                                 "(default: refuse, exit 2).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, envvar=env("LIMIT"))]
 QuietOpt = Annotated[bool, typer.Option("--quiet", envvar=env("QUIET"))]
 LogFmtOpt = Annotated[str, typer.Option("--log-format", envvar=env("LOG_FORMAT"), help="text | json")]
@@ -60,7 +71,7 @@ CpusOpt = Annotated[float, typer.Option("--cpus-per-worker", min=0.01, envvar=en
 
 def _ray_args(engine: str, address: str | None, workers: int, gpus: float, cpus: float) -> dict | None:
     if engine not in ("local", "ray"):
-        console.print(f"[red]--engine must be local or ray, got {engine!r}")
+        _error(f"--engine must be local or ray, got {engine!r}", EXIT_USAGE)
         raise typer.Exit(EXIT_USAGE)
     if engine == "local":
         return None
@@ -71,38 +82,69 @@ RenderOpt = Annotated[Path | None, typer.Option("--render", envvar=env("RENDER")
                                                 help="Also render overlays + index.html here as rows finish.")]
 
 
+_STANDARD_RECORD_KEYS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, event, message and the record's structured fields
+    (`rows_done`, `rows_failed`, `line`, `id`, `error`, `exit_code`, ... passed as `extra=`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": self.formatTime(record), "level": record.levelname,
+               "event": getattr(record, "event", "log"), "message": record.getMessage()}
+        doc |= {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_KEYS and k != "event"}
+        if record.exc_info:
+            doc["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+_LOG_FORMAT = {"value": "text"}
+
+
 def _setup_logging(fmt: str, quiet: bool) -> None:
+    if fmt not in ("text", "json"):
+        _error(f"--log-format must be text or json, got {fmt!r}", EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE)
+    _LOG_FORMAT["value"] = fmt
     level = logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        class JsonFormatter(logging.Formatter):
-            def format(self, record):
-                return json.dumps({"time": self.formatTime(record), "level": record.levelname,
-                                   "message": record.getMessage()})
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # JSON consumers get one `row_done` event per finished row
+    logging.getLogger("unipixel.run").setLevel(logging.DEBUG if fmt == "json" and not quiet else logging.NOTSET)
+    logging.captureWarnings(True)  # library warnings become log lines (JSON in JSON mode)
+
+
+def _json_line(event: str, level: str, **fields) -> None:
+    doc = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "level": level, "event": event, **fields}
+    print(json.dumps(doc, default=str), file=sys.stderr, flush=True)
+
+
+def _error(message: str, code: int) -> None:
+    """The one line a user sees for an error: rich text, or a JSON object in JSON mode."""
+    if _LOG_FORMAT["value"] == "json":
+        _json_line("error", "ERROR", message=message, error=message, exit_code=code)
+    else:
+        console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 class _Progress:
     """Rich progress bar on a TTY, plain periodic log lines otherwise (cron)."""
 
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.done, self.failed = total, 0, 0
-        self.quiet = quiet
+    def __init__(self, quiet: bool, bar: bool = True) -> None:
+        self.total, self.done, self.failed = 0, 0, 0
+        self.quiet, self.use_bar = quiet, bar
         self.t0 = self.last = time.monotonic()
         self.bar = None
-        if not quiet and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
-                                MofNCompleteColumn(), TimeRemainingColumn(), console=console)
-            self.bar.start()
-            self.task = self.bar.add_task("unipixel", total=total)
 
-    def update(self, ok: bool) -> None:
+    def update(self, total: int, ok: bool) -> None:
+        if self.done == 0:
+            self._start(total)
         self.done += 1
         self.failed += 0 if ok else 1
         if self.bar is not None:
@@ -110,7 +152,19 @@ class _Progress:
         elif not self.quiet and (time.monotonic() - self.last > 30 or self.done == self.total):
             self.last = time.monotonic()
             rate = self.done / max(1e-9, self.last - self.t0)
-            logging.info("progress %d/%d rows (%d failed), %.2f rows/s", self.done, self.total, self.failed, rate)
+            logging.getLogger("unipixel.run").info(
+                "progress %d/%d rows (%d failed), %.2f rows/s", self.done, self.total, self.failed, rate,
+                extra={"event": "progress", "rows_done": self.done, "rows_failed": self.failed,
+                       "rows_total": self.total})
+
+    def _start(self, total: int) -> None:
+        self.total = total
+        if not self.quiet and self.use_bar and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                MofNCompleteColumn(), TimeRemainingColumn(), console=console)
+            self.bar.start()
+            self.task = self.bar.add_task("unipixel", total=total)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -120,110 +174,42 @@ class _Progress:
 def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: str,
          batch_size: int, sample_frames: int, propagate: str, max_new_tokens: int,
          shard: str | None, resume: bool, limit: int | None, quiet: bool, log_format: str,
-         render_dir: Path | None = None, ray: dict | None = None) -> int:
+         render_dir: Path | None = None, ray: dict | None = None, retry_errors: bool = True,
+         supersede: bool = False) -> int:
+    """Options → `runner.run` → one line per outcome; returns the exit code."""
     # checked before the heavy imports and before the output folder exists
     if render_dir is not None:
         from .export import is_results_dataset
 
         if render_dir.resolve() == out.resolve() or is_results_dataset(render_dir):
-            console.print("[red]error:[/] --render must be a folder of its own, not a results dataset",
-                          soft_wrap=True)
+            _error("--render must be a folder of its own, not a results dataset", EXIT_USAGE)
             return EXIT_USAGE
-    from .engine import EngineOptions, error_row, run_pipeline
-    from .manifest import ManifestError, load_manifest
-    from .output import LockHeld, OutputLock, ResultsWriter, Shard, part_files, written_ids
+    from .runner import RayOptions, RunOptions, run
 
     _setup_logging(log_format, quiet)
-    if propagate not in ("sampled", "all"):
-        console.print(f"[red]--propagate must be 'sampled' or 'all', got {propagate!r}")
-        return EXIT_USAGE
+    options = RunOptions(model=model, device=device, dtype=dtype, batch_size=batch_size,
+                         sample_frames=sample_frames, propagate=propagate, max_new_tokens=max_new_tokens,
+                         shard=shard, resume=resume, retry_errors=retry_errors, supersede=supersede, limit=limit,
+                         render_dir=render_dir, ray=RayOptions(**ray) if ray else None)
+    progress = _Progress(quiet, bar=log_format != "json")  # JSON mode: nothing but JSON lines
     try:
-        shard_ = Shard.parse(shard)
-        rows, bad = load_manifest(manifest, task)
-    except (ManifestError, ValueError) as e:
-        console.print(f"[red]error:[/] {e}")
-        return EXIT_USAGE
-    try:
-        with OutputLock(out, shard_):
-            if not resume:
-                for p in part_files(out):
-                    if shard_.tag in p.name:
-                        p.unlink()
-            done = written_ids(out)
-            rows = [r for r in rows if shard_.owns(r.id) and r.id not in done]
-            bad = [b for b in bad if shard_.owns(b.id) and b.id not in done]
-            if limit is not None:
-                rows = rows[:limit]
-            total = len(rows) + len(bad)
-            logging.info("%d rows to run (%d already done, %d invalid)", total, len(done), len(bad))
-            if total == 0:
-                return EXIT_OK
-            options = EngineOptions(sample_frames=sample_frames, propagate=propagate,
-                                    max_new_tokens=max_new_tokens, batch_size=batch_size)
-            engine = None if ray else _engine(task, model, device, dtype, options)
-            meta = {"tool_version": __version__, "model": model,
-                    "model_path": str(engine.model_path) if engine else model,
-                    "engine": "ray" if ray else "local", "task": task, "manifest": str(manifest),
-                    "options": {"device": device, "dtype": dtype, "batch_size": batch_size,
-                                "sample_frames": sample_frames, "propagate": propagate,
-                                "max_new_tokens": max_new_tokens, "shard": shard or "0/1"}}
-            writer = ResultsWriter(out, shard=shard_, metadata=meta, flush_rows=max(8, batch_size))
-            progress = _Progress(total, quiet)
-            renderer = None
-            if render_dir is not None:
-                from .render import Renderer
-                renderer = Renderer(render_dir, manifest=manifest)
-
-            def sink(row: dict) -> None:
-                writer.write(row)
-                if renderer is not None:
-                    renderer.render_row(row)
-                progress.update(row["status"] == "ok")
-
-            try:
-                for b in bad:
-                    sink(error_row(task, err=b))
-                if ray:
-                    from .distributed import run_ray
-                    try:
-                        run_ray(task, rows, sink, model, device, dtype, options, **ray)
-                    except RuntimeError as e:
-                        console.print(f"[red]error:[/] {e}")
-                        return EXIT_FATAL
-                else:
-                    run_pipeline(engine, rows, sink)
-            finally:
-                writer.close()
-                progress.close()
-                if renderer is not None:
-                    renderer.write_index()
-            logging.info("finished: %d rows, %d failed, results in %s", progress.done, progress.failed, out)
-            return EXIT_ROWS_FAILED if progress.failed else EXIT_OK
-    except LockHeld as e:
-        console.print(f"[red]error:[/] {e}")
-        return EXIT_LOCKED
+        report = run(task, manifest, out, options, progress=progress.update)
+    finally:
+        progress.close()
+    if report.error:
+        _error(report.error, report.exit_code)
+    return report.exit_code
 
 
 def _engine(task: str, model: str, device: str, dtype: str, options):
-    from .engine import Engine
-    from .model.loading import ModelLoadError, load_unipixel
-    from .weights import resolve_model
+    from .model.loading import ModelLoadError
+    from .runner import load_engine
 
     try:
-        path = resolve_model(model)
-        unipixel, processor = load_unipixel(path, device=device, dtype=dtype)
+        return load_engine(task, model, device, dtype, options)
     except ModelLoadError as e:
-        from rich.markup import escape
-
-        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)  # one line: no wrap at 80 columns
+        _error(str(e), EXIT_FATAL)
         raise typer.Exit(EXIT_FATAL) from e
-    if task == "pixelqa":
-        from .pixelqa import PixelQAEngine
-        engine = PixelQAEngine(unipixel, processor, options)
-    else:
-        engine = Engine(unipixel, processor, options)
-    engine.model_path = path  # a hub snapshot path names the revision (commit hash)
-    return engine
 
 
 @app.command()
@@ -239,6 +225,8 @@ def segment(
     max_new_tokens: TokensOpt = 512,
     shard: ShardOpt = None,
     resume: ResumeOpt = True,
+    retry_errors: RetryOpt = True,
+    supersede: SupersedeOpt = False,
     limit: LimitOpt = None,
     quiet: QuietOpt = False,
     log_format: LogFmtOpt = "text",
@@ -252,7 +240,8 @@ def segment(
     """Segment what each prompt asks for; answers and masks go to a Parquet dataset."""
     raise typer.Exit(_run("segment", manifest, out, model, device, dtype, batch_size, sample_frames,
                           propagate, max_new_tokens, shard, resume, limit, quiet, log_format, render_dir,
-                          _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker)))
+                          _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker),
+                          retry_errors, supersede))
 
 
 @app.command()
@@ -267,6 +256,8 @@ def pixelqa(
     max_new_tokens: TokensOpt = 512,
     shard: ShardOpt = None,
     resume: ResumeOpt = True,
+    retry_errors: RetryOpt = True,
+    supersede: SupersedeOpt = False,
     limit: LimitOpt = None,
     quiet: QuietOpt = False,
     log_format: LogFmtOpt = "text",
@@ -280,7 +271,8 @@ def pixelqa(
     """Answer questions about objects the user points at (points, boxes or masks)."""
     raise typer.Exit(_run("pixelqa", prompts, out, model, device, dtype, batch_size, sample_frames,
                           "sampled", max_new_tokens, shard, resume, limit, quiet, log_format, render_dir,
-                          _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker)))
+                          _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker),
+                          retry_errors, supersede))
 
 
 RenderOutOpt = Annotated[Path, typer.Option(
@@ -411,7 +403,8 @@ def doctor() -> None:
     raise typer.Exit(EXIT_FATAL if missing else EXIT_OK)
 
 
-bench_app = typer.Typer(help="Benchmarks: engine speed and the authors' benchmark table.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: engine speed and the authors' benchmark table.", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
 
@@ -600,5 +593,57 @@ def weights_pull(name: Annotated[str, typer.Argument(help="Known name or hub id.
         raise typer.Exit(EXIT_FATAL) from e
 
 
+@app.command()
+def compact(
+    results: Annotated[Path, typer.Argument(help="Results dataset directory.")],
+) -> None:
+    """Rewrite a results dataset keeping only current rows (one per id), so any Parquet reader
+    (pd.read_parquet, polars, duckdb) reads it without duplicates."""
+    from .dataset import ForeignFile
+    from .output import LockHeld
+    from .runner import compact as compact_dataset
+
+    try:
+        before, after = compact_dataset(results)
+    except LockHeld as e:
+        _error(str(e), EXIT_LOCKED)
+        raise typer.Exit(EXIT_LOCKED) from e
+    except (ForeignFile, FileNotFoundError, NotADirectoryError) as e:
+        _error(str(e), EXIT_USAGE)
+        raise typer.Exit(EXIT_USAGE) from e
+    except OSError as e:
+        _error(f"{e.filename or results}: {e.strerror or e}", EXIT_FATAL)
+        raise typer.Exit(EXIT_FATAL) from e
+    stdout_console().print(f"{escape(str(results))}: {before} rows in the parts, {after} current rows kept")
+
+
+def _json_requested(argv: list[str]) -> bool:
+    if os.environ.get(env("LOG_FORMAT"), "").lower() == "json":
+        return True
+    return any(a == "--log-format=json" or (a == "--log-format" and argv[i + 1:i + 2] == ["json"])
+               for i, a in enumerate(argv))
+
+
 def main() -> None:
-    app()
+    """Entry point: usage errors and unexpected failures are one line (a JSON object in JSON mode)."""
+    if _json_requested(sys.argv[1:]):
+        _LOG_FORMAT["value"] = "json"
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:
+        if hasattr(e, "exit_code") and hasattr(e, "format_message"):  # click usage errors
+            code = e.exit_code
+            if _LOG_FORMAT["value"] == "json":
+                _json_line("usage_error", "ERROR", message=e.format_message(), error=e.format_message(),
+                           exit_code=code)
+            else:
+                e.show()
+        elif type(e).__name__ == "Abort":
+            code = 130
+        else:
+            if os.environ.get(env("DEBUG")):
+                raise
+            code = EXIT_FATAL
+            _error(f"unexpected {type(e).__name__}: {e} (UNIPIXEL_DEBUG=1 shows the traceback)", code)
+    sys.exit(code if isinstance(code, int) else 0)
+

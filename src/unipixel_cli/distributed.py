@@ -49,7 +49,7 @@ class UniPixelActor:
 def run_ray(task: str, rows: list[ManifestRow], sink: Callable[[dict], None], model: str, device: str, dtype: str,
             options: EngineOptions, address: str | None = None, workers: int = 1,
             num_gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
-            actor_cls: type = UniPixelActor) -> None:
+            actor_cls: type = UniPixelActor, should_stop: Callable[[], bool] = lambda: False) -> None:
     # Ray's `uv run` hook would make every worker re-resolve this project with uv; the
     # workers use the driver's environment instead (install unipixel on every node)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -73,6 +73,8 @@ def run_ray(task: str, rows: list[ManifestRow], sink: Callable[[dict], None], mo
         for row in _map_rows(ray, rows, actor_cls, actor_kwargs, options.batch_size, workers, cpus_per_worker,
                              num_gpus_per_worker):
             sink(row)
+            if should_stop():  # results of batches in flight are dropped; they rerun on resume
+                break
     finally:
         if started_here:
             ray.shutdown()

@@ -290,8 +290,12 @@ def _prepared_stream(engine: Engine, rows: Iterable[ManifestRow], workers: int,
             yield item, bool(pending) and pending[0].done()
 
 
-def run_pipeline(engine: Engine, rows: list[ManifestRow], sink: Callable[[dict], None]) -> None:
-    """Run rows through the engine: prefetch → length-grouped batches → writer thread."""
+def run_pipeline(engine: Engine, rows: list[ManifestRow], sink: Callable[[dict], None],
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Run rows through the engine: prefetch → length-grouped batches → writer thread.
+
+    Once `should_stop()` is true no new batch starts; rows already finished are still written.
+    """
     opts = engine.options
     out_q: queue.Queue = queue.Queue(maxsize=4 * opts.batch_size)
     failure: list[BaseException] = []
@@ -311,7 +315,7 @@ def run_pipeline(engine: Engine, rows: list[ManifestRow], sink: Callable[[dict],
     def flush_window(final: bool) -> None:
         # group requests of similar length so padding stays small
         window.sort(key=lambda p: len(p.request.input_ids) if p.request is not None else 0)
-        while len(window) >= (1 if final else opts.batch_size):
+        while len(window) >= (1 if final else opts.batch_size) and not should_stop():
             batch = [window.pop(0) for _ in range(min(opts.batch_size, len(window)))]
             for item in engine.infer(batch):
                 out_q.put(item)
@@ -319,6 +323,8 @@ def run_pipeline(engine: Engine, rows: list[ManifestRow], sink: Callable[[dict],
                 raise failure[0]
 
     for item, next_ready in _prepared_stream(engine, rows, opts.prefetch_workers, lookahead=2 * opts.batch_size):
+        if should_stop():
+            break
         if isinstance(item, dict):
             out_q.put(item)
             continue

@@ -5,17 +5,20 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
+
+from .dataset import part_name
+
+log = logging.getLogger(__name__)
 
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 OBJECT = pa.struct([
@@ -31,6 +34,8 @@ SCHEMA = pa.schema([
     ("choice", pa.string()), ("frame_indices", pa.list_(pa.int32())), ("height", pa.int32()),
     ("width", pa.int32()), ("objects", pa.list_(OBJECT)), ("status", pa.string()),
     ("error", pa.string()), ("timings", TIMINGS),
+    # hash of the row's inputs, the model and the output-affecting options (runner.fingerprint)
+    ("fingerprint", pa.string()),
 ])
 
 
@@ -80,33 +85,73 @@ class LockHeld(RuntimeError):
     pass
 
 
-class OutputLock:
-    """`fcntl.flock` on OUT_DIR/.lock-<shard>; the kernel releases it if the process dies."""
+class _FileLock:
+    """`fcntl.flock` on a lock file of the dataset; the kernel releases it if the process dies."""
 
-    def __init__(self, out_dir: Path, shard: Shard) -> None:
-        self.path = out_dir / f".lock-{shard.tag}"
+    def __init__(self, path: Path, exclusive: bool) -> None:
+        self.path, self.exclusive = path, exclusive
         self.fd: int | None = None
 
-    def __enter__(self) -> OutputLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(self.fd)
-            raise LockHeld(f"another run holds the lock on {self.path.parent} ({self.path.name})") from e
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
-        return self
+    def acquire(self) -> None:
+        from .dataset import create_lock_file
 
-    def __exit__(self, *exc) -> None:
+        for _ in range(10):
+            if not self.path.exists():
+                create_lock_file(self.path, SCHEMA)
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                os.close(fd)
+                raise LockHeld(f"another run holds the lock on {self.path.parent} ({self.path.name})") from e
+            try:  # the file we locked is still the one at the path (not removed meanwhile)
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return
+            os.close(fd)
+        raise LockHeld(f"cannot take the lock {self.path}: the file keeps changing")
+
+    def release(self) -> None:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+            self.fd = None
+
+
+class OutputLock:
+    """A run's locks on OUT_DIR: its shard exclusively, the dataset shared (compaction takes
+    the dataset exclusively). Lock files are `_lock-*.parquet` (see `dataset`)."""
+
+    def __init__(self, out_dir: Path, shard: Shard | None = None, *, whole_dataset: bool = False) -> None:
+        out_dir = Path(out_dir)
+        self.locks = [_FileLock(out_dir / "_lock-dataset.parquet", exclusive=whole_dataset)]
+        if not whole_dataset:
+            self.locks.append(_FileLock(out_dir / f"_lock-{(shard or Shard()).tag}.parquet", exclusive=True))
+        self.path = self.locks[-1].path
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            for lock in self.locks:
+                lock.acquire()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
 
 
 def part_files(out_dir: Path) -> list[Path]:
-    return sorted(p for p in out_dir.glob("part-*.parquet")) if out_dir.exists() else []
+    """The dataset's readable parts in write order (see `dataset` for what is one)."""
+    from .dataset import own_parts
+
+    return [p.path for p in own_parts(Path(out_dir))] if Path(out_dir).exists() else []
 
 
 def written_ids(out_dir: Path) -> set[str]:
@@ -126,6 +171,7 @@ class ResultsWriter:
     metadata: dict = field(default_factory=dict)
     flush_rows: int = 64
     flush_seconds: float = 60.0
+    first_seq: int = 1  # sequence number of the first part (dataset.next_seq under the lock)
     _rows: list[dict] = field(default_factory=list)
     _last_flush: float = field(default_factory=time.monotonic)
     _parts: int = 0
@@ -133,7 +179,10 @@ class ResultsWriter:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.out_dir.glob(".tmp-part-*"):
+        self._seq = self.first_seq
+        # parts this shard was writing when a run of it was killed (other shards may be writing)
+        for stale in [*self.out_dir.glob(f".tmp-part-{self.shard.tag}-*"),
+                      *self.out_dir.glob(f"_tmp-part-*-{self.shard.tag}-*")]:
             stale.unlink(missing_ok=True)
 
     def write(self, row: dict) -> None:
@@ -146,15 +195,16 @@ class ResultsWriter:
         if not self._rows:
             return
         table = pa.Table.from_pylist([_normalise(r) for r in self._rows], schema=SCHEMA)
-        meta = {b"unipixel": json.dumps(self.metadata, default=str).encode()}
+        meta = {b"unipixel": json.dumps({**self.metadata, "seq": self._seq}, default=str).encode()}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-        name = f"part-{self.shard.tag}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.out_dir / f".tmp-{name}"
+        name = part_name(self._seq, self.shard.tag)
+        tmp = self.out_dir / f"_tmp-{name}.inprogress"
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.out_dir / name)
         self._parts += 1
+        self._seq += 1
         self._rows = []
 
     def close(self) -> None:
@@ -169,12 +219,16 @@ def _normalise(row: dict) -> dict:
 
 
 def read_results(out_dir: str | Path, decode_masks: bool = False):
-    """The results dataset as a pandas DataFrame; with `decode_masks`, adds a `mask_arrays`
-    column holding, per row, a list of bool arrays `[T, H, W]` (one per object)."""
-    files = part_files(Path(out_dir))
-    if not files:
-        return pa.Table.from_pylist([], schema=SCHEMA).to_pandas()
-    df = ds.dataset([str(f) for f in files], format="parquet", schema=SCHEMA).to_table().to_pandas()
+    """The results dataset as a pandas DataFrame, one current row per id (the row of the newest
+    part, see `dataset`); with `decode_masks`, adds a `mask_arrays` column holding, per row, a
+    list of bool arrays `[T, H, W]` (one per object). Unreadable parts and files the tool did not
+    write are skipped."""
+    from .dataset import current, read_parts, scan
+
+    found = scan(Path(out_dir), strict=False)  # a reader shows what is there; runs refuse foreign files
+    for bad in found.corrupt:
+        log.warning("%s: not a readable Parquet file; skipped (the next run quarantines it)", bad)
+    df = current(read_parts(found.parts, SCHEMA)).to_pandas()
     if decode_masks:
         df["mask_arrays"] = [
             [np.stack([rle_decode(m) for m in obj["masks"]]) if len(obj["masks"]) else np.zeros((0, 0, 0), bool)
@@ -185,8 +239,12 @@ def read_results(out_dir: str | Path, decode_masks: bool = False):
 
 
 def run_metadata(out_dir: str | Path) -> dict:
-    files = part_files(Path(out_dir))
-    if not files:
+    """Run metadata of the newest part."""
+    from .dataset import own_parts
+
+    parts = own_parts(Path(out_dir))
+    if not parts:
         return {}
-    meta = pq.read_schema(files[-1]).metadata or {}
-    return json.loads(meta.get(b"unipixel", b"{}"))
+    meta = dict(parts[-1].metadata)
+    meta.pop("seq", None)
+    return meta
