@@ -311,3 +311,14 @@ def test_readers_skip_files_the_tool_did_not_write(tmp_path, model):
     assert read_results(out)["id"].tolist() == ["a"]
     with pytest.raises(Exception, match="index.html"):
         compact(out)
+
+
+def test_batch_invariant_reaches_the_engine_and_the_metadata(tmp_path, model, monkeypatch):
+    seen = []
+    monkeypatch.setattr(runner, "load_engine", lambda task, m, device, dtype, options: seen.append(options) or object())
+    manifest = write_manifest(tmp_path / "m.jsonl", {"a": "p a"})
+    report = run("segment", manifest, tmp_path / "out", RunOptions(model=model, device="cpu", batch_invariant=True))
+    assert report.exit_code == EXIT_OK
+    assert [o.batch_invariant for o in seen] == [True]
+    meta = json.loads(pq.read_schema(next((tmp_path / "out").glob("part-*.parquet"))).metadata[b"unipixel"])
+    assert meta["options"]["batch_invariant"] is True

@@ -57,6 +57,10 @@ SupersedeOpt = Annotated[bool, typer.Option("--supersede", envvar=env("SUPERSEDE
                                             help="The output holds results of another model or other "
                                                  "output-affecting options: rerun every row with these "
                                                  "(default: refuse, exit 2).")]
+InvariantOpt = Annotated[bool, typer.Option("--batch-invariant", envvar=env("BATCH_INVARIANT"),
+                                            help="One request per LLM forward and one SAM 2 state per "
+                                                 "object, so a row's bf16 output never depends on the "
+                                                 "rows batched with it (slower).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, envvar=env("LIMIT"))]
 QuietOpt = Annotated[bool, typer.Option("--quiet", envvar=env("QUIET"))]
 LogFmtOpt = Annotated[str, typer.Option("--log-format", envvar=env("LOG_FORMAT"), help="text | json")]
@@ -175,7 +179,7 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
          batch_size: int, sample_frames: int, propagate: str, max_new_tokens: int,
          shard: str | None, resume: bool, limit: int | None, quiet: bool, log_format: str,
          render_dir: Path | None = None, ray: dict | None = None, retry_errors: bool = True,
-         supersede: bool = False) -> int:
+         supersede: bool = False, batch_invariant: bool = False) -> int:
     """Options → `runner.run` → one line per outcome; returns the exit code."""
     # checked before the heavy imports and before the output folder exists
     if render_dir is not None:
@@ -190,7 +194,8 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
     options = RunOptions(model=model, device=device, dtype=dtype, batch_size=batch_size,
                          sample_frames=sample_frames, propagate=propagate, max_new_tokens=max_new_tokens,
                          shard=shard, resume=resume, retry_errors=retry_errors, supersede=supersede, limit=limit,
-                         render_dir=render_dir, ray=RayOptions(**ray) if ray else None)
+                         render_dir=render_dir, ray=RayOptions(**ray) if ray else None,
+                         batch_invariant=batch_invariant)
     progress = _Progress(quiet, bar=log_format != "json")  # JSON mode: nothing but JSON lines
     try:
         report = run(task, manifest, out, options, progress=progress.update)
@@ -236,12 +241,13 @@ def segment(
     workers: WorkersOpt = 1,
     num_gpus_per_worker: GpusOpt = 0.0,
     cpus_per_worker: CpusOpt = 1.0,
+    batch_invariant: InvariantOpt = False,
 ) -> None:
     """Segment what each prompt asks for; answers and masks go to a Parquet dataset."""
     raise typer.Exit(_run("segment", manifest, out, model, device, dtype, batch_size, sample_frames,
                           propagate, max_new_tokens, shard, resume, limit, quiet, log_format, render_dir,
                           _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker),
-                          retry_errors, supersede))
+                          retry_errors, supersede, batch_invariant))
 
 
 @app.command()
@@ -267,12 +273,13 @@ def pixelqa(
     workers: WorkersOpt = 1,
     num_gpus_per_worker: GpusOpt = 0.0,
     cpus_per_worker: CpusOpt = 1.0,
+    batch_invariant: InvariantOpt = False,
 ) -> None:
     """Answer questions about objects the user points at (points, boxes or masks)."""
     raise typer.Exit(_run("pixelqa", prompts, out, model, device, dtype, batch_size, sample_frames,
                           "sampled", max_new_tokens, shard, resume, limit, quiet, log_format, render_dir,
                           _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker),
-                          retry_errors, supersede))
+                          retry_errors, supersede, batch_invariant))
 
 
 RenderOutOpt = Annotated[Path, typer.Option(

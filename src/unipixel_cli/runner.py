@@ -63,6 +63,7 @@ class RunOptions:
     limit: int | None = None
     render_dir: Path | None = None
     ray: RayOptions | None = None
+    batch_invariant: bool = False  # bf16: a row's output never depends on its batch (slower)
 
 
 @dataclass
@@ -529,7 +530,8 @@ def _execute(task: str, source, plan: Plan, out: Path, shard, opts: RunOptions, 
     from .output import ResultsWriter
 
     engine_options = EngineOptions(sample_frames=opts.sample_frames, propagate=opts.propagate,
-                                   max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size)
+                                   max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
+                                   batch_invariant=opts.batch_invariant)
     try:
         engine = None if opts.ray else load_engine(task, opts.model, opts.device, opts.dtype, engine_options)
     except ModelLoadError as e:
@@ -541,7 +543,8 @@ def _execute(task: str, source, plan: Plan, out: Path, shard, opts: RunOptions, 
             "task": task, "manifest": None if isinstance(source, list) else str(source), "settings": settings,
             "options": {"device": opts.device, "dtype": opts.dtype, "batch_size": opts.batch_size,
                         "sample_frames": opts.sample_frames, "propagate": opts.propagate,
-                        "max_new_tokens": opts.max_new_tokens, "shard": opts.shard or "0/1"}}
+                        "max_new_tokens": opts.max_new_tokens, "shard": opts.shard or "0/1",
+                        "batch_invariant": opts.batch_invariant}}
     writer = ResultsWriter(out, shard=shard, metadata=meta, flush_rows=max(8, opts.batch_size),
                            first_seq=first_seq)
     renderer = None
