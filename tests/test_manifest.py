@@ -25,7 +25,6 @@ def test_relative_paths_resolve_against_manifest_folder_and_ids_default_to_line(
     ({"id": "a", "video": "a.mp4"}, "prompt: Field required"),
     ({"id": "a", "prompt": "x"}, "exactly one of 'video', 'frames' or 'image'"),
     ({"id": "a", "video": "a.mp4", "image": "b.png", "prompt": "x"}, "got video, image"),
-    ({"id": "a", "video": "a.mp4", "prompt": "x", "colour": 1}, "colour: unknown key"),
     ({"id": "a", "video": "a.mp4", "prompt": "x", "start": 5, "end": 3}, "'end' (3) must be greater"),
     ({"id": "a", "video": "a.mp4", "prompt": "x", "propagate": "some"}, "propagate"),
     ([1, 2], "expected a JSON object"),

@@ -339,31 +339,35 @@ def export(
 @app.command()
 def validate(
     manifest: Annotated[Path, typer.Argument(help="JSONL manifest to check.")],
-    task: Annotated[str, typer.Option(help="segment | pixelqa")] = "segment",
+    task: Annotated[str | None, typer.Option(help="segment | pixelqa (default: detected from the rows)")] = None,
 ) -> None:
     """Check every row before a long GPU run: schema, ids, media, frame ranges, prompts."""
-    from .manifest import ManifestError, load_manifest
+    from rich.markup import escape
+
+    from .manifest import ManifestError, detect_task, load_manifest
     from .validation import check_rows
 
-    if task not in ("segment", "pixelqa"):
-        console.print(f"[red]--task must be segment or pixelqa, got {task!r}")
+    if task not in (None, "segment", "pixelqa"):
+        console.print(f"[red]--task must be segment or pixelqa, got {escape(repr(task))}")
         raise typer.Exit(EXIT_USAGE)
     try:
+        task = task or detect_task(manifest)
         rows, bad = load_manifest(manifest, task)
     except ManifestError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")
         raise typer.Exit(EXIT_USAGE) from e
     problems = [(b.line, b.id, b.message) for b in bad] + check_rows(rows)
     problems.sort()
     out = stdout_console()
     if not problems:
-        out.print(f"[green]ok[/]: {len(rows)} rows valid")
+        out.print(f"[green]ok[/]: {len(rows)} rows valid ({task})")
         raise typer.Exit(EXIT_OK)
-    table = Table(title=f"{len(problems)} problem(s) in {manifest}")
+    # ids, paths and decoder messages are the user's and libraries' text: escaped, never markup
+    table = Table(title=escape(f"{len(problems)} problem(s) in {manifest} ({task} rows)"))
     for col in ("line", "id", "problem"):
         table.add_column(col)
     for line, row_id, msg in problems:
-        table.add_row(str(line), row_id, msg)
+        table.add_row(str(line), escape(row_id), escape(msg))
     out.print(table)
     raise typer.Exit(EXIT_USAGE)
 

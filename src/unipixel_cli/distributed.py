@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .engine import EngineOptions
 from .manifest import ROW_MODELS, ManifestRow
-from .output import SCHEMA, _normalise
+from .output import storable_row
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ class UniPixelActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         model = ROW_MODELS[self.task]
-        rows = [ManifestRow(int(r["line"]), r["id"], model.model_validate_json(r["row"]), Path(r["media_path"]))
-                for r in batch.to_pylist()]
-        return pa.Table.from_pylist([_normalise(r) for r in self.engine(rows)], schema=SCHEMA)
+        rows = [ManifestRow(int(r["line"]), r["id"], model.model_validate_json(r["row"]), Path(r["media_path"]),
+                            r.get("extra")) for r in batch.to_pylist()]
+        return pa.concat_tables([storable_row(r) for r in self.engine(rows)])
 
 
 def run_ray(task: str, rows: list[ManifestRow], sink: Callable[[dict], None], model: str, device: str, dtype: str,
@@ -96,7 +96,7 @@ def _map_rows(ray, rows: list[ManifestRow], actor_cls: type, actor_kwargs: dict,
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     items = [{"line": r.line, "id": r.id, "row": r.row.model_dump_json(exclude_none=True),
-              "media_path": str(r.media_path.resolve())} for r in rows]
+              "media_path": str(r.media_path.resolve()), "extra": r.extra} for r in rows]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(1, batch_size)))
     results = ds.map_batches(
         actor_cls, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size, batch_format="pyarrow",

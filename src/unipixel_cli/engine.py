@@ -22,10 +22,11 @@ import torch
 from .manifest import ManifestRow, RowError
 from .media import BlockReader, Media, MediaError, open_media
 from .model.loading import Processor
-from .model.preprocess import MIN_PIXELS, max_pixels_for, sam2_transform, uniform_indices
+from .model.preprocess import MIN_PIXELS, max_pixels_for, sam2_transform
 from .model.prompting import chat_text, make_request, video_inputs
 from .model.unipixel import LLMRequest, MaskJob, UniPixel, to_device
 from .output import rle_encode
+from .validation import check_row, frame_range, llm_frames
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ def error_row(task: str, err: RowError | None = None, mrow: ManifestRow | None =
               message: str = "") -> dict:
     if err is not None:
         return {"id": err.id, "task": task, "line": err.line, "media": err.media, "prompt": err.prompt,
-                "status": "error", "error": err.message}
+                "status": "error", "error": err.message, "extra": err.extra}
     row = mrow.row
     return {"id": mrow.id, "task": task, "line": mrow.line, "media": row.media, "media_path": str(mrow.media_path),
             "prompt": getattr(row, "prompt", None) or getattr(row, "question", None),
-            "status": "error", "error": f"line {mrow.line}: {message}"}
+            "status": "error", "error": f"line {mrow.line}: {message}", "extra": mrow.extra}
 
 
 def pixel_budget(row, sample_frames: int, num_frames: int) -> tuple[int, int]:
@@ -133,14 +134,11 @@ class Engine:
     def prepare(self, mrow: ManifestRow) -> Prepared:
         t0 = time.perf_counter()
         row = mrow.row
-        media = open_media(mrow.media_path, getattr(row, "frame_files", None))
-        start = row.start or 0
-        end = min(row.end or media.num_frames, media.num_frames)
-        if start >= media.num_frames:
-            raise MediaError(f"{mrow.media_path}: start frame {start} is past the last frame "
-                             f"({media.num_frames - 1})")
+        media = open_media(mrow.media_path, getattr(mrow.row, "frame_files", None))
+        check_row(row, media)  # the checks `unipixel validate` runs
+        start, end = frame_range(row, media)
         sample = row.sample_frames or self.options.sample_frames
-        llm_idx = list(row.frame_indices or [start + i for i in uniform_indices(end - start, sample)])
+        llm_idx = llm_frames(row, media, sample)
         propagate = getattr(row, "propagate", None) or self.options.propagate
         sam_idx = list(range(start, end)) if propagate == "all" else llm_idx
         frames, sam_frames = media.read_views(llm_idx)
@@ -234,6 +232,7 @@ class Engine:
             "frame_indices": list(p.sam_indices), "height": p.media.height, "width": p.media.width,
             "objects": objects, "status": "ok", "error": None,
             "timings": {k: float(p.timings.get(k, 0.0)) for k in ("decode", "llm", "sam2", "encode")},
+            "extra": p.mrow.extra,
         }
 
     def object_label(self, item: Inferred, k: int) -> tuple[int, str]:

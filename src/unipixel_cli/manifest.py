@@ -1,46 +1,99 @@
 """JSONL manifests (SPEC §4): one request per line, validated with pydantic.
 
-Relative media paths resolve against the manifest's folder; ids default to the line
-number; every problem carries the line number and the field. A bad line never stops the
-others: it becomes a `RowError` the engine writes as an error row.
+Validation is strict and total: every field has one JSON type (no `true` read as 1, no number
+read as text), numbers are finite, ids are strings or integers, text is valid UTF-8 (JSON
+`\\ud800` escapes decode to lone surrogates that no file or Parquet column can hold). Any value
+of any type in any field gives a `RowError` naming the line and the problem, never an exception.
+
+Relative media paths resolve against the manifest's folder; ids default to the line number.
+Keys the manifest format does not know are the user's own columns: they are kept and passed
+through to the output's `extra` column as a JSON object (warned about once per manifest).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+log = logging.getLogger(__name__)
+
+INT32_MAX = 2**31 - 1
+MAX_SHOWN = 60  # characters of an offending value quoted in an error message
+
+
+def _valid_utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid UTF-8 text (lone surrogate {text[e.start]!r} at character {e.start})") from e
+    return text
+
+
+def _valid_path(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("a path cannot contain a NUL character")
+    return text
+
+
+# one JSON type per field: pydantic's strict mode refuses bool→int, number→str and the like
+AnyText = Annotated[str, Strict(), AfterValidator(_valid_utf8)]
+Text = Annotated[AnyText, Field(min_length=1)]
+PathText = Annotated[str, Strict(), Field(min_length=1), AfterValidator(_valid_utf8), AfterValidator(_valid_path)]
+Coordinate = Annotated[float, Strict(), AllowInfNan(False)]  # JSON integers are fine, NaN/inf are not
+Count = Annotated[int, Strict()]
+
+
+def _valid_id(value: object) -> str:
+    # one message for every wrong type (a pydantic union would list one error per member)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string or an integer")
+    return _valid_utf8(value)
+
+
+Id = Annotated[str, BeforeValidator(_valid_id)]
 
 
 class _Row(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = None
-    video: str | None = None
-    frames: str | None = None
-    image: str | None = None
+    id: Id | None = None
+    video: PathText | None = None
+    frames: PathText | None = None
+    image: PathText | None = None
     # explicit frame files inside the `frames` folder, in video order (benchmarks name them from
     # their meta files so a stray file in the folder cannot shift the frames)
-    frame_files: list[str] | None = Field(default=None, min_length=1)
-    sample_frames: int | None = Field(default=None, ge=1, le=512)
+    frame_files: Annotated[list[PathText], Field(min_length=1)] | None = None
+    sample_frames: Annotated[Count, Field(ge=1, le=512)] | None = None
     # benchmarks that sample frames their own way (MVBench by fps, VideoRefer over annotated
     # frames) name the source frames the LLM sees, and their pixel budget / frame rate
-    frame_indices: list[int] | None = Field(default=None, min_length=1)
-    min_pixels: int | None = Field(default=None, ge=28 * 28)
-    max_pixels: int | None = Field(default=None, ge=28 * 28)
-    sample_fps: float | None = Field(default=None, gt=0)
-    answer_prefix: str | None = None  # the assistant's reply starts with this text
-    max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
-    start: int | None = Field(default=None, ge=0)
-    end: int | None = Field(default=None, ge=1)
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_as_str(cls, v):
-        return None if v is None else str(v)
+    frame_indices: Annotated[list[Annotated[Count, Field(ge=0, le=INT32_MAX)]], Field(min_length=1)] | None = None
+    min_pixels: Annotated[Count, Field(ge=28 * 28, le=INT32_MAX)] | None = None
+    max_pixels: Annotated[Count, Field(ge=28 * 28, le=INT32_MAX)] | None = None
+    sample_fps: Annotated[Coordinate, Field(gt=0)] | None = None
+    answer_prefix: AnyText | None = None  # the assistant's reply starts with this text
+    max_new_tokens: Annotated[Count, Field(ge=1, le=8192)] | None = None
+    start: Annotated[Count, Field(ge=0, le=INT32_MAX)] | None = None
+    end: Annotated[Count, Field(ge=1, le=INT32_MAX)] | None = None
 
     @field_validator("frame_files")
     @classmethod
@@ -56,7 +109,7 @@ class _Row(BaseModel):
 
     @model_validator(mode="after")
     def _one_media(self):
-        given = [k for k in ("video", "frames", "image") if getattr(self, k)]
+        given = [k for k in ("video", "frames", "image") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("exactly one of 'video', 'frames' or 'image' is required"
                              + (f" (got {', '.join(given)})" if given else ""))
@@ -75,18 +128,28 @@ class _Row(BaseModel):
 
 
 class SegmentRow(_Row):
-    prompt: str = Field(min_length=1)
-    propagate: Literal["sampled", "all"] | None = None
+    prompt: Text
+    propagate: Literal["sampled", "all"] | None = None  # a literal matches exact strings only
+
+
+class RleMask(BaseModel):
+    """A COCO compressed RLE (`counts` as a string); the validator decodes it against the media."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: tuple[Annotated[Count, Field(ge=1, le=INT32_MAX)], Annotated[Count, Field(ge=1, le=INT32_MAX)]]
+    counts: Text
 
 
 class ObjectPrompt(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: int = Field(ge=0)
-    frame: int = Field(default=0, ge=0)
-    point: tuple[float, float] | None = None
-    box: tuple[float, float, float, float] | None = None
-    mask: dict | None = None
+    # object ids and frames end up in int32 output columns
+    id: Annotated[Count, Field(ge=0, le=INT32_MAX)]
+    frame: Annotated[Count, Field(ge=0, le=INT32_MAX)] = 0
+    point: tuple[Coordinate, Coordinate] | None = None
+    box: tuple[Coordinate, Coordinate, Coordinate, Coordinate] | None = None
+    mask: RleMask | None = None
 
     @model_validator(mode="after")
     def _one_prompt(self):
@@ -95,19 +158,21 @@ class ObjectPrompt(BaseModel):
             raise ValueError(f"object {self.id}: exactly one of 'point', 'box' or 'mask' is required")
         if self.box is not None and (self.box[2] <= self.box[0] or self.box[3] <= self.box[1]):
             raise ValueError(f"object {self.id}: degenerate box {list(self.box)} (need x1 > x0 and y1 > y0)")
-        if self.mask is not None and not {"size", "counts"} <= set(self.mask):
-            raise ValueError(f"object {self.id}: mask must be a COCO RLE with 'size' and 'counts'")
         return self
 
     @property
     def source(self) -> str:
         return "point" if self.point is not None else "box" if self.box is not None else "mask"
 
+    @property
+    def rle(self) -> dict | None:
+        return None if self.mask is None else {"size": list(self.mask.size), "counts": self.mask.counts}
+
 
 class PixelQARow(_Row):
-    question: str = Field(min_length=1)
+    question: Text
     objects: list[ObjectPrompt] = Field(min_length=1)
-    options: list[str] | None = None
+    options: list[Text] | None = None
 
     @model_validator(mode="after")
     def _objects_match_question(self):
@@ -121,8 +186,6 @@ class PixelQARow(_Row):
         for i in ids:
             if f"[{i}]" not in text:
                 raise ValueError(f"object {i} is defined but the question never mentions [{i}]")
-        import re
-
         for ref in sorted({int(m) for m in re.findall(r"\[(\d+)\]", text)}):
             if ref not in ids:
                 raise ValueError(f"the question mentions [{ref}] but no object has id {ref}")
@@ -131,6 +194,7 @@ class PixelQARow(_Row):
 
 Task = Literal["segment", "pixelqa"]
 ROW_MODELS = {"segment": SegmentRow, "pixelqa": PixelQARow}
+PIXELQA_KEYS = ("question", "objects", "options")
 
 
 @dataclass
@@ -139,19 +203,32 @@ class ManifestRow:
     id: str
     row: SegmentRow | PixelQARow
     media_path: Path
+    extra: str | None = None  # the row's unknown keys as a JSON object, passed through to the output
 
 
 @dataclass
 class RowError:
+    """A line that failed validation. Every field fits the output schema: `media` and `prompt`
+    are the given values only when they are valid text; the offending value is quoted in
+    `message`, escaped."""
+
     line: int
     id: str
     message: str
     media: str | None = None
     prompt: str | None = None
+    extra: str | None = None
 
 
 class ManifestError(Exception):
     """The manifest as a whole cannot be used (missing file, duplicate ids); nothing runs."""
+
+
+def shown(value: object) -> str:
+    """A value quoted for an error message: `repr` escapes lone surrogates and control
+    characters, and long values are cut."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 1] + "…"
 
 
 def _format_validation(e: ValidationError) -> str:
@@ -159,10 +236,85 @@ def _format_validation(e: ValidationError) -> str:
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+        if err["type"] == "string_unicode":
+            msg = "not valid UTF-8 text (holds a lone surrogate such as \\ud800)"
+        if err["type"] not in ("missing", "value_error") and "input" in err and not isinstance(err["input"], dict):
+            msg += f", got {shown(err['input'])}"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def _as_text(value: object) -> str | None:
+    """`value` if it can be stored as text in the output, else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return _valid_utf8(value)
+    except ValueError:
+        return None
+
+
+def _row_id(data: dict, line: int) -> str | None:
+    """The row's id as stored (str), or None when the given id is not a valid one."""
+    value = data.get("id")
+    if value is None:
+        return str(line)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _as_text(value)
+
+
+def _finite(value: object) -> object:
+    """JSON has no NaN/Infinity: they become strings so `extra` stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def extra_json(unknown: dict) -> str:
+    """Unknown keys as a JSON object; non-ASCII text kept readable unless it is not valid
+    UTF-8 (lone surrogates), which is then written as JSON `\\u` escapes."""
+    value = _finite(unknown)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True)
+
+
+def detect_task(path: str | Path) -> Task:
+    """`pixelqa` when the manifest's rows carry `question`/`objects` and none a `prompt`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    seen_pixelqa = seen_segment = 0
+    for text in _read_lines(path):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            seen_pixelqa += any(k in data for k in PIXELQA_KEYS)
+            seen_segment += "prompt" in data
+    if seen_pixelqa and seen_segment:
+        raise ManifestError(f"{path}: rows mix segment ('prompt', {seen_segment} rows) and pixelqa "
+                            f"('question'/'objects', {seen_pixelqa} rows) requests; pass --task")
+    return "pixelqa" if seen_pixelqa else "segment"
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise ManifestError(f"{path}: line {line}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from e
 
 
 def load_manifest(path: str | Path, task: Task) -> tuple[list[ManifestRow], list[RowError]]:
@@ -174,7 +326,8 @@ def load_manifest(path: str | Path, task: Task) -> tuple[list[ManifestRow], list
     errors: list[RowError] = []
     seen: dict[str, int] = {}
     model = ROW_MODELS[task]
-    for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    unknown_keys: dict[str, int] = {}
+    for n, text in enumerate(_read_lines(path), start=1):
         if not text.strip():
             continue
         try:
@@ -182,21 +335,35 @@ def load_manifest(path: str | Path, task: Task) -> tuple[list[ManifestRow], list
         except json.JSONDecodeError as e:
             errors.append(RowError(n, f"line{n}", f"line {n}: invalid JSON ({e.msg} at column {e.colno})"))
             continue
-        if not isinstance(data, dict):
-            errors.append(RowError(n, f"line{n}", f"line {n}: expected a JSON object"))
+        except RecursionError:
+            errors.append(RowError(n, f"line{n}", f"line {n}: invalid JSON (nested too deeply)"))
             continue
-        row_id = str(data["id"]) if data.get("id") is not None else str(n)
-        if row_id in seen:
-            raise ManifestError(f"{path}: id {row_id!r} on line {n} already used on line {seen[row_id]}")
-        seen[row_id] = n
+        if not isinstance(data, dict):
+            errors.append(RowError(n, f"line{n}", f"line {n}: expected a JSON object, got {type(data).__name__}"))
+            continue
+        unknown = {k: v for k, v in data.items() if k not in model.model_fields}
+        known = {k: v for k, v in data.items() if k in model.model_fields}
+        for k in unknown:
+            unknown_keys.setdefault(k, n)
+        extra = extra_json(unknown) if unknown else None
+        row_id = _row_id(data, n)
+        key = row_id if row_id is not None else f"line{n}"
+        if key in seen:
+            raise ManifestError(f"{path}: id {shown(key)} on line {n} already used on line {seen[key]}")
+        seen[key] = n
         try:
-            row = model.model_validate(data)
+            row = model.model_validate(known)
         except ValidationError as e:
-            media = data.get("video") or data.get("frames") or data.get("image")
-            errors.append(RowError(n, row_id, f"line {n}: {_format_validation(e)}",
-                                   media=media, prompt=data.get("prompt") or data.get("question")))
+            media = next((known[k] for k in ("video", "frames", "image") if k in known), None)
+            prompt = known.get("prompt", known.get("question"))
+            errors.append(RowError(n, key, f"line {n}: {_format_validation(e)}",
+                                   media=_as_text(media), prompt=_as_text(prompt), extra=extra))
             continue
         media_path = Path(row.media)
         media_path = media_path if media_path.is_absolute() else base / media_path
-        rows.append(ManifestRow(n, row_id, row, media_path))
+        rows.append(ManifestRow(n, key, row, media_path, extra))
+    if unknown_keys:
+        names = ", ".join(f"{shown(k)} (first on line {n})" for k, n in list(unknown_keys.items())[:10])
+        log.warning("%s: keys the %s manifest format does not use are passed through in the `extra` column: %s",
+                    path, task, names)
     return rows, errors

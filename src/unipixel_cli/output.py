@@ -36,6 +36,7 @@ SCHEMA = pa.schema([
     ("error", pa.string()), ("timings", TIMINGS),
     # hash of the row's inputs, the model and the output-affecting options (runner.fingerprint)
     ("fingerprint", pa.string()),
+    ("extra", pa.string()),  # the manifest row's unknown keys, a JSON object (None when there are none)
 ])
 
 
@@ -172,7 +173,7 @@ class ResultsWriter:
     flush_rows: int = 64
     flush_seconds: float = 60.0
     first_seq: int = 1  # sequence number of the first part (dataset.next_seq under the lock)
-    _rows: list[dict] = field(default_factory=list)
+    _rows: list[pa.Table] = field(default_factory=list)  # one-row tables in SCHEMA
     _last_flush: float = field(default_factory=time.monotonic)
     _parts: int = 0
 
@@ -185,16 +186,21 @@ class ResultsWriter:
                       *self.out_dir.glob(f"_tmp-part-*-{self.shard.tag}-*")]:
             stale.unlink(missing_ok=True)
 
-    def write(self, row: dict) -> None:
-        self._rows.append(row)
+    def write(self, row: dict) -> str:
+        """Buffer `row`; returns the status it is stored with ("error" if it could not be stored)."""
+        # converted (and so checked) one row at a time: a row Arrow cannot hold becomes an error
+        # row here, and never makes the flush fail for the rows buffered with it
+        stored = storable_row(row)
+        self._rows.append(stored)
         if len(self._rows) >= self.flush_rows or time.monotonic() - self._last_flush > self.flush_seconds:
             self.flush()
+        return stored.column("status")[0].as_py()
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         if not self._rows:
             return
-        table = pa.Table.from_pylist([_normalise(r) for r in self._rows], schema=SCHEMA)
+        table = pa.concat_tables(self._rows)
         meta = {b"unipixel": json.dumps({**self.metadata, "seq": self._seq}, default=str).encode()}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         name = part_name(self._seq, self.shard.tag)
@@ -209,6 +215,27 @@ class ResultsWriter:
 
     def close(self) -> None:
         self.flush()
+
+
+def safe_text(value: object) -> str:
+    """Text any Arrow string column can hold: lone surrogates become `\\udXXX` escapes."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def storable_row(row: dict) -> pa.Table:
+    """`row` as a one-row table in SCHEMA; a row that does not fit (wrong type, text that is not
+    UTF-8) becomes an error row that keeps its id, line and the reason."""
+    try:
+        return pa.Table.from_pylist([_normalise(row)], schema=SCHEMA)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeError) as e:
+        line = row.get("line")
+        line = line if isinstance(line, int) and not isinstance(line, bool) and 0 <= line < 2**31 else None
+        where = f"line {line}: " if line is not None else ""
+        fingerprint = row.get("fingerprint") if isinstance(row.get("fingerprint"), str) else None
+        fallback = {"id": safe_text(row.get("id")), "task": safe_text(row.get("task")), "line": line,
+                    "fingerprint": fingerprint and safe_text(fingerprint), "status": "error",
+                    "error": f"{where}result could not be stored ({type(e).__name__}: {safe_text(e)})"}
+        return pa.Table.from_pylist([_normalise(fallback)], schema=SCHEMA)
 
 
 def _normalise(row: dict) -> dict:

@@ -20,10 +20,9 @@ from .manifest import ManifestRow, PixelQARow
 from .media import open_media
 from .model.heads import RefPrompt
 from .model.memory import ObjectMemoryBank
-from .model.preprocess import force_prompt_frames, uniform_indices
 from .model.prompting import chat_text, make_request, video_inputs
 from .output import rle_decode
-from .validation import pixelqa_problems
+from .validation import check_row, llm_frames
 
 LOCALIZE = ". Please localize the relevant objects with IDs."
 BEST_OPTION = "\nPlease only give the best option."
@@ -71,24 +70,16 @@ class PixelQAEngine(Engine):
         t0 = time.perf_counter()
         row: PixelQARow = mrow.row
         media = open_media(mrow.media_path, getattr(mrow.row, "frame_files", None))
-        problems = pixelqa_problems(row, media)
-        if problems:
-            raise ValueError("; ".join(problems))
-        start = row.start or 0
-        end = min(row.end or media.num_frames, media.num_frames)
-        outside = [o.id for o in row.objects if not start <= o.frame < end]
-        if outside:
-            raise ValueError(f"objects {outside} are on frames outside start/end [{start}, {end})")
+        check_row(row, media)  # the checks `unipixel validate` runs
         sample = row.sample_frames or self.options.sample_frames
-        idx = list(row.frame_indices or [start + i for i in uniform_indices(end - start, sample)])
-        idx = force_prompt_frames(idx, sorted({o.frame for o in row.objects}))
+        idx = llm_frames(row, media, sample)
         frames, sam_frames = media.read_views(idx)
         pv, grid, size = video_inputs(self.processor, frames, *pixel_budget(row, sample, len(idx)))
         mentioned = [int(i) for i in re.findall(r"\[(\d+)\]", question_text(row))]
         bank = ObjectMemoryBank(len(idx), media.height, media.width, mention_order=list(dict.fromkeys(mentioned)))
         for o in row.objects:
             if o.mask is not None:
-                bank.add_frame_mask(o.id, idx.index(o.frame), torch.from_numpy(rle_decode(o.mask)))
+                bank.add_frame_mask(o.id, idx.index(o.frame), torch.from_numpy(rle_decode(o.rle)))
         text_a, order = stage_a_text(row)
         s = self.processor.sam2_image_size
         sx, sy = s / media.width, s / media.height
