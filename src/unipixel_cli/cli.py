@@ -23,7 +23,7 @@ app = typer.Typer(help="Batch inference for UniPixel: refer, segment and answer 
 weights_app = typer.Typer(help="Known checkpoints: list and download.", no_args_is_help=True,
                           rich_markup_mode=None)
 app.add_typer(weights_app, name="weights")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long its path
 
 
 def stdout_console() -> Console:

@@ -75,13 +75,59 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+# files that are (or may be) pickles: refused before transformers could `torch.load` them
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# HF Trainer's pickled arguments sit in many checkpoint folders; nothing here ever reads them
+NOT_WEIGHTS = ("training_args.bin",)
+# UniPixel's own config keys (and the LLM sizes the heads need), checked before anything is built
+CONFIG_TYPES = {"model_type": str, "sam2_config": str, "sam2_image_size": int, "sam2_hidden_tokens": int,
+                "ref_token_id": int, "seg_token_id": int, "mem_token_id": int, "video_token_id": int,
+                "hidden_size": int}
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line (library messages often span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+def check_checkpoint_files(model_dir: Path) -> None:
+    """Refuse pickles and unreadable JSON before any library opens the folder."""
+    for path in sorted(model_dir.iterdir()):
+        if path.suffix.lower() in PICKLE_SUFFIXES and path.name not in NOT_WEIGHTS:
+            raise ModelLoadError(f"{path}: pickle weight files are refused (unipixel loads safetensors only "
+                                 "and never unpickles); remove it or convert it to .safetensors")
+        if path.suffix == ".json" and path.is_file():
+            read_json(path)
+
+
 def read_config(model_dir: Path) -> dict:
     path = model_dir / "config.json"
     if not path.exists():
         raise ModelLoadError(f"{model_dir} has no config.json: not a UniPixel checkpoint")
-    cfg = json.loads(path.read_text())
+    cfg = read_json(path)
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
     if cfg.get("model_type") != "pixel_qwen2_5_vl":
         raise ModelLoadError(f"{path}: model_type is {cfg.get('model_type')!r}, expected 'pixel_qwen2_5_vl'")
+    for key, kind in CONFIG_TYPES.items():
+        value = cfg.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ModelLoadError(f"{path}: {key} must be {'an integer' if kind is int else 'a string'}, "
+                                 f"got {value!r:.60}" if key in cfg else f"{path}: {key} is missing")
+    overrides = cfg.get("sam2_overrides", [])
+    if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        raise ModelLoadError(f"{path}: sam2_overrides must be a list of strings")
     return cfg
 
 
@@ -93,14 +139,33 @@ def qwen_config(cfg: dict) -> Qwen2_5_VLConfig:
 
 
 def weight_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's safetensors files, each checked to open as safetensors."""
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [model_dir / n for n in names]
-    single = model_dir / "model.safetensors"
-    if single.exists():
-        return [single]
-    raise ModelLoadError(f"{model_dir} holds no safetensors weights (pickled .bin weights are refused)")
+        weight_map = read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelLoadError(f"{index}: no weight_map")
+        files = []
+        for name in sorted(set(map(str, weight_map.values()))):
+            # an index naming a pickle would make transformers torch.load it
+            if not name.endswith(".safetensors") or Path(name).name != name:
+                raise ModelLoadError(f"{index}: refers to {name!r}; only .safetensors files in the checkpoint "
+                                     "folder are loaded (pickle weights are refused)")
+            if not (model_dir / name).is_file():
+                raise ModelLoadError(f"{index}: refers to {name}, which is missing")
+            files.append(model_dir / name)
+    elif (model_dir / "model.safetensors").exists():
+        files = [model_dir / "model.safetensors"]
+    else:
+        raise ModelLoadError(f"{model_dir} holds no safetensors weights (pickled .bin weights are refused)")
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except Exception as e:  # SafetensorError, OSError: truncated, garbage, unreadable
+            raise ModelLoadError(f"{f}: not a valid safetensors file ({one_line(e)})") from e
+    return files
 
 
 def read_tensors(files: list[Path], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -134,8 +199,16 @@ def build_sam2(cfg: dict) -> HiddenPromptSAM2:
 
 
 def load_processor(model_dir: Path, cfg: dict) -> Processor:
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    video_processor = Qwen2VLVideoProcessor.from_pretrained(str(model_dir))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as e:
+        raise ModelLoadError(f"{model_dir / 'tokenizer.json'}: cannot load the tokenizer "
+                             f"({type(e).__name__}: {one_line(e)})") from e
+    try:
+        video_processor = Qwen2VLVideoProcessor.from_pretrained(str(model_dir))
+    except Exception as e:
+        raise ModelLoadError(f"{model_dir / 'video_preprocessor_config.json'}: cannot load the video processor "
+                             f"({type(e).__name__}: {one_line(e)})") from e
     gen_path = model_dir / "generation_config.json"
     eos = json.loads(gen_path.read_text()).get("eos_token_id") if gen_path.exists() else None
     eos = eos if eos is not None else cfg.get("eos_token_id")
@@ -147,12 +220,26 @@ def load_processor(model_dir: Path, cfg: dict) -> Processor:
 
 def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
                   dtype: str = "auto") -> tuple[UniPixel, Processor]:
+    """Load a checkpoint; every failure is a one-line `ModelLoadError` naming the file."""
     model_dir = Path(model_dir)
+    try:
+        return _load_unipixel(model_dir, device, dtype)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # a library error that the checks before it did not foresee
+        log.debug("loading %s failed", model_dir, exc_info=True)
+        raise ModelLoadError(f"{model_dir}: cannot load the checkpoint ({type(e).__name__}: {one_line(e)})") from e
+
+
+def _load_unipixel(model_dir: Path, device: str, dtype: str) -> tuple[UniPixel, Processor]:
     t0 = time.perf_counter()
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"{model_dir}: not a checkpoint directory")
+    check_checkpoint_files(model_dir)
     cfg = read_config(model_dir)
     dev = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, dev)
-    files = weight_files(model_dir)
+    files = weight_files(model_dir)  # before transformers: it would torch.load a pickle an index names
 
     with quiet_transformers():
         attn = "sdpa"
@@ -162,13 +249,22 @@ def load_unipixel(model_dir: str | os.PathLike, device: str = "auto",
                 attn = "flash_attention_2"
         except ImportError:
             pass
+        try:
+            qcfg = qwen_config(cfg)
+        except Exception as e:
+            raise ModelLoadError(f"{model_dir / 'config.json'}: not a valid Qwen2.5-VL config "
+                                 f"({type(e).__name__}: {one_line(e)})") from e
         llm, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(model_dir), config=qwen_config(cfg), dtype=compute_dtype, attn_implementation=attn,
-            output_loading_info=True)
+            str(model_dir), config=qcfg, dtype=compute_dtype, attn_implementation=attn,
+            output_loading_info=True, use_safetensors=True)
         processor = load_processor(model_dir, cfg)
     _check_llm_tensors(info, tied=cfg.get("tie_word_embeddings", False), model_dir=model_dir)
 
-    sam2_model = build_sam2(cfg)
+    try:
+        sam2_model = build_sam2(cfg)
+    except Exception as e:  # Hydra: unknown config name or bad override
+        raise ModelLoadError(f"{model_dir / 'config.json'}: cannot build SAM 2 from sam2_config "
+                             f"{cfg['sam2_config']!r} ({type(e).__name__}: {one_line(e)})") from e
     sam2_sd = {SAM2_RENAMES.get(k[5:], k[5:]): v for k, v in read_tensors(files, ("sam2.",)).items()}
     if not sam2_sd:
         # a training-time `sam2_checkpoint` path is never used: it does not exist for users
