@@ -7,13 +7,18 @@ pull only the sampled frames, or stream `propagate all` in bounded chunks.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -37,13 +42,44 @@ def to_rgb(img: Image.Image, for_llm: bool = False) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """An image in a mode `to_rgb` converts faithfully. Pillow's own conversion clips 16-bit
+    values to 255 (a 16-bit PNG turns white): integer images are scaled from their 16-bit range,
+    float images from [0, 1]; Lab goes through a colour transform; premultiplied alpha is undone."""
+    if img.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I (16-bit PNGs open as I;16 or I)
+        values = np.asarray(img).astype(np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        return Image.fromarray(np.clip(np.rint(np.asarray(img) * 255.0), 0, 255).astype(np.uint8), "L")
+    if img.mode == "LAB":
+        lab_to_srgb = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                              "LAB", "RGB")
+        return ImageCms.applyTransform(img, lab_to_srgb)
+    if img.mode == "La":
+        lum, alpha = (np.asarray(c).astype(np.float64) for c in img.split())
+        lum = np.where(alpha > 0, lum * 255.0 / np.maximum(alpha, 1), 0)
+        return Image.merge("LA", [Image.fromarray(np.clip(np.rint(lum), 0, 255).astype(np.uint8), "L"),
+                                  img.getchannel("a").convert("L")])
+    return img
+
+
+def displayed(img: Image.Image) -> Image.Image:
+    """The image as viewers show it: EXIF orientation applied, 8 bits per channel."""
+    return to_8bit(ImageOps.exif_transpose(img))
+
+
 def _read_image(path: Path, for_llm: bool = False) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            return to_rgb(img, for_llm)
+            return to_rgb(displayed(img), for_llm)
     except FileNotFoundError as e:
         raise MediaError(f"{path}: file not found") from e
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except IMAGE_ERRORS as e:
         raise MediaError(f"{path}: cannot decode image ({e})") from e
 
 
@@ -52,8 +88,30 @@ def _has_alpha(path: Path) -> bool:
     try:
         with Image.open(path) as img:
             return img.mode == "RGBA"
-    except (UnidentifiedImageError, OSError, SyntaxError):
+    except IMAGE_ERRORS:
         return False  # the decode reports it
+
+
+def _header(path: Path) -> tuple[int, int, bool]:
+    """`(width, height, has_alpha)` as displayed, from the file's header (no pixel decode)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            swapped = img.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED_ORIENTATIONS
+            alpha = img.mode == "RGBA"
+    except FileNotFoundError as e:
+        raise MediaError(f"{path}: file not found") from e
+    except IMAGE_ERRORS as e:
+        raise MediaError(f"{path}: cannot decode image ({e})") from e
+    return (h, w, alpha) if swapped else (w, h, alpha)
+
+
+def folder_frames(folder: Path) -> list[Path]:
+    """A frame folder's images in natural order; hidden files (macOS `._*` AppleDouble
+    files, `.DS_Store`) are not frames."""
+    return sorted((p for p in folder.iterdir()
+                   if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file()),
+                  key=lambda p: natural_key(p.name))
 
 
 @dataclass
@@ -102,14 +160,13 @@ class Media:
 
     def _read_video(self, indices: list[int]) -> np.ndarray:
         try:
-            if hasattr(self._reader, "get_batch"):
-                frames = self._reader.get_batch(indices).asnumpy()
-                # decord keeps decoding ahead into memory after a batch until the next call
-                # (dmlc/decord#157, #208); parking it on frame 0 stops that
-                self._reader.seek(0)
-                return frames
-            return np.stack([self._reader[i] for i in indices])
+            return self._reader.read(indices)
         except Exception as e:  # decoder errors come in many types
+            if isinstance(self._reader, _DecordFrames):
+                fallback = _pyav_fallback(self, e)
+                if fallback is not None:
+                    self._reader = fallback
+                    return self._read_video(indices)
             raise MediaError(f"{self.path}: cannot decode frames ({e})") from e
 
 
@@ -128,13 +185,17 @@ def open_media(path: str | Path, frame_files: list[str] | None = None) -> Media:
             if missing is not None:
                 raise MediaError(f"{missing}: file not found")
         else:
-            files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS),
-                           key=lambda p: natural_key(p.name))
+            files = folder_frames(path)
         if not files:
             raise MediaError(f"{path}: folder holds no .jpg/.png frames")
-        first = _read_image(files[0])
-        return Media(path, "frames", len(files), first.shape[0], first.shape[1], _files=files,
-                     has_alpha=any(_has_alpha(f) for f in files))
+        # every frame's size from its header, so a mixed folder fails whichever frames get sampled
+        w, h, has_alpha = _header(files[0])
+        for f in files[1:]:
+            fw, fh, alpha = _header(f)
+            if (fw, fh) != (w, h):
+                raise MediaError(f"{f}: size {fw}x{fh} differs from the first frame's {w}x{h} ({files[0].name})")
+            has_alpha |= alpha
+        return Media(path, "frames", len(files), h, w, _files=files, has_alpha=has_alpha)
     ext = path.suffix.lower()
     if ext in IMAGE_EXTS:
         img = _read_image(path)
@@ -144,51 +205,112 @@ def open_media(path: str | Path, frame_files: list[str] | None = None) -> Media:
     raise MediaError(f"{path}: unsupported media type {ext or '(no extension)'}")
 
 
-def _open_video(path: Path) -> Media:
-    if path.stat().st_size == 0:
-        raise MediaError(f"{path}: empty file")
-    try:
+class _DecordFrames:
+    """decord's reader: fast random access where it can decode the file."""
+
+    def __init__(self, path: Path) -> None:
         import decord
 
         decord.bridge.set_bridge("native")
-        try:
-            reader = decord.VideoReader(str(path), num_threads=1)
-        except Exception as e:
-            raise MediaError(f"{path}: cannot open video ({e})") from e
-        n = len(reader)
-        if n == 0:
-            raise MediaError(f"{path}: video has no frames")
-        h, w = reader[0].shape[:2]
-        return Media(path, "video", n, h, w, _reader=reader)
-    except ImportError:
-        return _open_video_pyav(path)
+        self.reader = decord.VideoReader(str(path), num_threads=1)
+        self.num_frames = len(self.reader)
+        if self.num_frames == 0:
+            raise ValueError("decord sees no frames")
+        first = self.reader[0].asnumpy()
+        if first.ndim != 3 or first.shape[2] != 3:  # decord mis-sizes some odd/rotated frames
+            raise ValueError(f"decord returned a frame of shape {first.shape}")
+        self.height, self.width = first.shape[:2]
+        self.reader.seek(0)
+
+    def read(self, indices: list[int]) -> np.ndarray:
+        frames = self.reader.get_batch(indices).asnumpy()
+        # decord keeps decoding ahead into memory after a batch until the next call
+        # (dmlc/decord#157, #208); parking it on frame 0 stops that
+        self.reader.seek(0)
+        if frames.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(f"decord returned frames of shape {frames.shape[1:]}")
+        return frames
 
 
 class _PyAVFrames:
-    """Random access over a PyAV-decoded video (used where decord has no wheel)."""
+    """Frames by index from a sequential PyAV decode: for what decord cannot read (AV1, GIF,
+    some odd sizes) or where it is not installed. A forward scan continues from where the last
+    read stopped; a read further back decodes again from the start. Display rotation is applied
+    as decord applies it, so both give the same frames."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self._frames: Iterator[np.ndarray] | None = None
+        self._next = 0  # index of the frame `_frames` yields next
+        count, first = 0, None
+        for frame in self._decode():  # one pass to count: container frame counts are often wrong
+            first = frame if first is None else first
+            count += 1
+        if first is None:
+            raise ValueError("no decodable video frames")
+        self.num_frames, (self.height, self.width) = count, first.shape[:2]
+
+    def _decode(self) -> Iterator[np.ndarray]:
         import av
 
-        with av.open(str(path)) as container:
-            self.frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                rgb = frame.to_ndarray(format="rgb24")
+                turns = (frame.rotation // 90) % 4  # counter-clockwise, as the display matrix says
+                yield np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 
-    def __len__(self) -> int:
-        return len(self.frames)
+    def read(self, indices: list[int]) -> np.ndarray:
+        wanted = sorted(set(indices))
+        got: dict[int, np.ndarray] = {}
+        with self.lock:
+            if self._frames is None or wanted[0] < self._next:
+                self._frames, self._next = self._decode(), 0
+            for frame in self._frames:
+                i, self._next = self._next, self._next + 1
+                if i in wanted:
+                    got[i] = frame
+                if i >= wanted[-1]:
+                    break
+        missing = [i for i in wanted if i not in got]
+        if missing:
+            raise ValueError(f"frame {missing[0]} did not decode")
+        return np.stack([got[i] for i in indices])
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.frames[i]
 
-
-def _open_video_pyav(path: Path) -> Media:
+def _pyav_fallback(media: Media, error: Exception) -> _PyAVFrames | None:
+    """A PyAV reader for a file decord opened but could not decode, if PyAV sees the same video."""
     try:
-        reader = _PyAVFrames(path)
-    except Exception as e:
-        raise MediaError(f"{path}: cannot open video ({e})") from e
-    if len(reader) == 0:
-        raise MediaError(f"{path}: video has no frames")
-    h, w = reader[0].shape[:2]
-    return Media(path, "video", len(reader), h, w, _reader=reader)
+        reader = _PyAVFrames(media.path)
+    except Exception:
+        return None
+    if (reader.num_frames, reader.height, reader.width) != (media.num_frames, media.height, media.width):
+        return None  # a different frame count would shift every index: keep decord's error
+    log.info("%s: decord failed (%s); decoding with PyAV", media.path, str(error).splitlines()[0][:200])
+    return reader
+
+
+def _open_video(path: Path) -> Media:
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file")
+    decord_error: Exception | None = None
+    try:
+        reader = _DecordFrames(path)
+    except ImportError:
+        reader = None
+    except Exception as e:  # AV1, GIF, odd sizes…: PyAV decodes what decord cannot
+        decord_error, reader = e, None
+    if reader is None:
+        try:
+            reader = _PyAVFrames(path)
+        except Exception as e:
+            raise MediaError(f"{path}: cannot open video ({e})") from e
+        if decord_error is not None:
+            log.info("%s: decord cannot open it (%s); decoding with PyAV", path,
+                     str(decord_error).splitlines()[0][:200] if str(decord_error) else type(decord_error).__name__)
+    return Media(path, "video", reader.num_frames, reader.height, reader.width, _reader=reader)
 
 
 class BlockReader:
