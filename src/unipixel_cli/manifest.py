@@ -140,6 +140,13 @@ class RleMask(BaseModel):
     size: tuple[Annotated[Count, Field(ge=1, le=INT32_MAX)], Annotated[Count, Field(ge=1, le=INT32_MAX)]]
     counts: Text
 
+    @model_validator(mode="before")
+    @classmethod
+    def _is_rle(cls, value: object) -> object:
+        if not isinstance(value, dict) or not {"size", "counts"} <= set(value):
+            raise ValueError("mask must be a COCO RLE with 'size' and 'counts'")
+        return value
+
 
 class ObjectPrompt(BaseModel):
     model_config = ConfigDict(extra="forbid")
