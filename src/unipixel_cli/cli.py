@@ -342,8 +342,6 @@ def validate(
     task: Annotated[str | None, typer.Option(help="segment | pixelqa (default: detected from the rows)")] = None,
 ) -> None:
     """Check every row before a long GPU run: schema, ids, media, frame ranges, prompts."""
-    from rich.markup import escape
-
     from .manifest import ManifestError, detect_task, load_manifest
     from .validation import check_rows
 
@@ -390,7 +388,7 @@ def doctor() -> None:
             table.add_row(mod, getattr(m, "__version__", "installed"))
         except Exception as e:
             missing += 1
-            table.add_row(mod, f"[red]MISSING[/] ({type(e).__name__}: {e})")
+            table.add_row(mod, f"[red]MISSING[/] ({type(e).__name__}: {escape(str(e))})")
     try:
         import torch
         if torch.cuda.is_available():
@@ -404,11 +402,11 @@ def doctor() -> None:
     from huggingface_hub import constants
 
     from .weights import REGISTRY, cached_path
-    table.add_row("HF cache", str(constants.HF_HUB_CACHE))
-    table.add_row("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
+    table.add_row("HF cache", escape(str(constants.HF_HUB_CACHE)))
+    table.add_row("HF_HUB_OFFLINE", escape(os.environ.get("HF_HUB_OFFLINE", "0")))
     for c in REGISTRY.values():
         path = cached_path(c.repo_id, c.revision)
-        table.add_row(c.name, f"cached at {path}" if path else
+        table.add_row(c.name, f"cached at {escape(str(path))}" if path else
                       f"[yellow]not cached[/] (`unipixel weights pull {c.name}`)")
     out.print(table)
     raise typer.Exit(EXIT_FATAL if missing else EXIT_OK)
@@ -447,7 +445,7 @@ def bench_speed(
     results = run_speed(engine.model, engine.processor, manifest, num_requests, sizes, baseline,
                         EngineOptions(sample_frames=sample_frames, propagate=propagate,
                                       max_new_tokens=max_new_tokens), repeats=repeats)
-    table = Table(title=f"unipixel bench speed ({model}, {engine.model.device}, {engine.model.compute_dtype})")
+    table = Table(title=f"unipixel bench speed ({escape(model)}, {engine.model.device}, {engine.model.compute_dtype})")
     for col in ("mode", "batch", "req", "wall s", "req/s", "frames/s", "decode s", "llm s", "sam2 s",
                 "encode s", "in forward", "peak MB", "same output"):
         table.add_column(col, justify="right")
@@ -580,7 +578,8 @@ def weights_list() -> None:
         table.add_column(col)
     for c in REGISTRY.values():
         path = cached_path(c.repo_id, c.revision)
-        table.add_row(c.name, c.repo_id, f"{c.size_gb:.1f} GB", str(path) if path else "no", c.note)
+        table.add_row(escape(c.name), escape(c.repo_id), f"{c.size_gb:.1f} GB", escape(str(path)) if path else "no",
+                      escape(c.note))
     stdout_console().print(table)
 
 
