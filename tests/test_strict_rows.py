@@ -179,3 +179,13 @@ def test_cli_runs_the_other_19_rows(tmp_path, conformance_dir, task, field, valu
     assert err["line"] == BAD_LINE and err["error"].startswith(f"line {BAD_LINE}: ")
     r = cli("validate", manifest)  # validate runs the same checks and reports the same line
     assert r.returncode == 2 and f"line {BAD_LINE}: " in r.stdout and "Traceback" not in r.stderr
+
+
+def test_a_line_that_is_not_utf8_is_one_error_row(tmp_path):
+    lines = [json.dumps(segment_row(1)).encode(), b'{"id": "x", "prompt": "caf\xe9", "image": "a.png"}',
+             json.dumps({**segment_row(3), "prompt": "one\u2028line"}, ensure_ascii=False).encode("utf-8")]
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")  # BOM and CRLF, as Windows editors write
+    good, bad = load_manifest(path, "segment")
+    assert [r.id for r in good] == ["r01", "r03"] and good[1].row.prompt == "one\u2028line"
+    assert [(e.line, e.id) for e in bad] == [(2, "line2")] and "not valid UTF-8" in bad[0].message

@@ -300,7 +300,9 @@ def detect_task(path: str | Path) -> Task:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     seen_pixelqa = seen_segment = 0
-    for text in _read_lines(path):
+    for _, text, _problem in _read_lines(path):
+        if text is None:
+            continue
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
@@ -314,14 +316,24 @@ def detect_task(path: str | Path) -> Task:
     return "pixelqa" if seen_pixelqa else "segment"
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path) -> list[tuple[int, str | None, str | None]]:
+    """`(line number, text, problem)` per line. Lines split on `\\n` only (JSON strings may hold
+    U+2028 and other characters `str.splitlines` would split on); a line that is not UTF-8 is
+    that line's problem, not the manifest's."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
-        raise ManifestError(f"{path}: line {line}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+        data = path.read_bytes()
     except OSError as e:
         raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from e
+    out = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.removesuffix(b"\r")
+        if n == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+        try:
+            out.append((n, raw.decode("utf-8"), None))
+        except UnicodeDecodeError as e:
+            out.append((n, None, f"not valid UTF-8 ({e.reason} at byte {e.start + 1} of the line)"))
+    return out
 
 
 def load_manifest(path: str | Path, task: Task) -> tuple[list[ManifestRow], list[RowError]]:
@@ -334,7 +346,10 @@ def load_manifest(path: str | Path, task: Task) -> tuple[list[ManifestRow], list
     seen: dict[str, int] = {}
     model = ROW_MODELS[task]
     unknown_keys: dict[str, int] = {}
-    for n, text in enumerate(_read_lines(path), start=1):
+    for n, text, problem in _read_lines(path):
+        if problem is not None:
+            errors.append(RowError(n, f"line{n}", f"line {n}: {problem}"))
+            continue
         if not text.strip():
             continue
         try:
