@@ -557,12 +557,13 @@ def _execute(task: str, source, plan: Plan, out: Path, shard, opts: RunOptions, 
 
     def sink(row: dict) -> None:
         with write_lock:
-            writer.write({**row, "fingerprint": fingerprints.get(row["id"])})
+            # "error" too when the writer had to store the row as an error row (it did not fit)
+            status = writer.write({**row, "fingerprint": fingerprints.get(row["id"])})
             if stop.requested:
                 writer.flush()  # stopping: every finished row goes to disk at once
             if renderer is not None:
                 renderer.render_row(row)
-            ok = row["status"] == "ok"
+            ok = status == "ok"
             report.rows_ok += ok
             report.rows_failed += not ok
         where = {"line": row.get("line"), "id": row["id"]}
