@@ -50,7 +50,7 @@ IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.
 def to_8bit(img: Image.Image) -> Image.Image:
     """An image in a mode `to_rgb` converts faithfully. Pillow's own conversion clips 16-bit
     values to 255 (a 16-bit PNG turns white): integer images are scaled from their 16-bit range,
-    float images from [0, 1]; Lab goes through a colour transform; premultiplied alpha is undone."""
+    float images from [0, 1]; Lab goes through a colour transform; premultiplied luminance is undone."""
     if img.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I (16-bit PNGs open as I;16 or I)
         values = np.asarray(img).astype(np.float64) / 257.0
         return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
