@@ -65,11 +65,16 @@ VALID = {
     "propagate": {"null"},
     "options": {"null"},
     "objects.0.frame": {"int"},
+    "frame_indices": {"list", "null"},  # [1, 2] are frame indices
+    "min_pixels": {"null"},  # 123 is below the 28·28 minimum
+    "max_pixels": {"null"},
+    "sample_fps": {"int", "float", "huge", "null"},  # any finite positive rate
+    "answer_prefix": {"empty", "null"},  # a reply may start with nothing
     "objects.0.point": {"list"},  # [1, 2] is a point
     "objects.0.mask.size": {"list"},  # [1, 2] is a size (checked against the media later)
 }
 SEGMENT_FIELDS = ["id", "video", "image", "frames", "prompt", "sample_frames", "max_new_tokens", "start", "end",
-                  "propagate"]
+                  "propagate", "frame_indices", "min_pixels", "max_pixels", "sample_fps", "answer_prefix"]
 PIXELQA_FIELDS = ["question", "options", "objects", "objects.0.id", "objects.0.frame", "objects.0.point",
                   "objects.0.box", "objects.0.mask", "objects.0.mask.size", "objects.0.mask.counts"]
 CASES = [(task, f, name) for task, fields in (("segment", SEGMENT_FIELDS), ("pixelqa", PIXELQA_FIELDS))
