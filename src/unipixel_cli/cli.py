@@ -39,6 +39,9 @@ def env(name: str) -> str:
 
 ModelOpt = Annotated[str, typer.Option("--model", envvar=env("MODEL"),
                                        help="Hub id, known name (unipixel-3b, unipixel-7b) or local dir.")]
+RevisionOpt = Annotated[str | None, typer.Option(
+    "--revision", envvar=env("REVISION"),
+    help="Hub revision (branch, tag or commit) of --model; default: the one pinned in weights/registry.json.")]
 DeviceOpt = Annotated[str, typer.Option(envvar=env("DEVICE"), help="auto | cpu | cuda | cuda:N")]
 DtypeOpt = Annotated[str, typer.Option(envvar=env("DTYPE"),
                                        help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32 (fp16 is not "
@@ -206,6 +209,12 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
     return report.exit_code
 
 
+def _with_revision(model: str, revision: str | None) -> str:
+    from .weights import with_revision  # imports torch: not at module level (fast --help)
+
+    return with_revision(model, revision)
+
+
 def _engine(task: str, model: str, device: str, dtype: str, options):
     from .model.loading import ModelLoadError
     from .runner import load_engine
@@ -222,6 +231,7 @@ def segment(
     manifest: Annotated[Path, typer.Argument(help="JSONL manifest of videos/images and prompts.")],
     out: OutOpt = Path("unipixel-out"),
     model: ModelOpt = "PolyU-ChenLab/UniPixel-3B",
+    revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchOpt = 8,
@@ -244,6 +254,7 @@ def segment(
     batch_invariant: InvariantOpt = False,
 ) -> None:
     """Segment what each prompt asks for; answers and masks go to a Parquet dataset."""
+    model = _with_revision(model, revision)
     raise typer.Exit(_run("segment", manifest, out, model, device, dtype, batch_size, sample_frames,
                           propagate, max_new_tokens, shard, resume, limit, quiet, log_format, render_dir,
                           _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker),
@@ -255,6 +266,7 @@ def pixelqa(
     prompts: Annotated[Path, typer.Option("--prompts", help="JSONL manifest of questions with objects.")],
     out: OutOpt = Path("unipixel-pixelqa"),
     model: ModelOpt = "PolyU-ChenLab/UniPixel-3B",
+    revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: BatchOpt = 8,
@@ -276,6 +288,7 @@ def pixelqa(
     batch_invariant: InvariantOpt = False,
 ) -> None:
     """Answer questions about objects the user points at (points, boxes or masks)."""
+    model = _with_revision(model, revision)
     raise typer.Exit(_run("pixelqa", prompts, out, model, device, dtype, batch_size, sample_frames,
                           "sampled", max_new_tokens, shard, resume, limit, quiet, log_format, render_dir,
                           _ray_args(engine, ray_address, workers, num_gpus_per_worker, cpus_per_worker),
@@ -401,10 +414,10 @@ def doctor() -> None:
         pass
     from huggingface_hub import constants
 
-    from .weights import REGISTRY, cached_path
+    from .weights import cached_path, known_checkpoints
     table.add_row("HF cache", escape(str(constants.HF_HUB_CACHE)))
     table.add_row("HF_HUB_OFFLINE", escape(os.environ.get("HF_HUB_OFFLINE", "0")))
-    for c in REGISTRY.values():
+    for c in known_checkpoints().values():
         path = cached_path(c.repo_id, c.revision)
         table.add_row(c.name, f"cached at {escape(str(path))}" if path else
                       f"[yellow]not cached[/] (`unipixel weights pull {c.name}`)")
@@ -426,6 +439,7 @@ def bench_speed(
                                            help="Also run per-sample like the authors' scripts")] = True,
     repeats: Annotated[int, typer.Option(min=1, help="Runs per setting; the fastest is reported")] = 1,
     model: ModelOpt = "PolyU-ChenLab/UniPixel-3B",
+    revision: RevisionOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     sample_frames: FramesOpt = 16,
@@ -440,6 +454,7 @@ def bench_speed(
     from .engine import EngineOptions
 
     _setup_logging("text", quiet=True)
+    model = _with_revision(model, revision)
     engine = _engine("segment", model, device, dtype, EngineOptions())
     sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
     results = run_speed(engine.model, engine.processor, manifest, num_requests, sizes, baseline,
@@ -506,11 +521,13 @@ def _bench_command(cls):
     """`unipixel bench NAME`: the same options for every benchmark of the registry."""
 
     def command(data, split=cls.splits[0], out=Path(f"{cls.name}-out"), preds=None, export_png=None, limit=None,
-                shard=None, workers=1, model="PolyU-ChenLab/UniPixel-3B", device="auto", dtype="auto",
-                batch_size=8, max_new_tokens=512, resume=True, quiet=False, log_format="text") -> None:
+                shard=None, workers=1, model="PolyU-ChenLab/UniPixel-3B", revision=None, device="auto",
+                dtype="auto", batch_size=8, max_new_tokens=512, resume=True, quiet=False, log_format="text") -> None:
         from rich.markup import escape
 
         from .bench.base import BenchDataError, run_benchmark
+
+        model = _with_revision(model, revision)
 
         def run_requests(manifest: Path, results: Path) -> int:
             # sample_frames / propagate come per request from the benchmark's manifest rows
@@ -549,7 +566,7 @@ def _bench_command(cls):
         "shard": Annotated[str | None, typer.Option(
             "--shard", help="i/N: run this shard's requests only; score later with --preds OUT/results")],
         "workers": Annotated[int, typer.Option("--workers", min=1, help="Scoring processes")],
-        "model": ModelOpt, "device": DeviceOpt, "dtype": DtypeOpt, "batch_size": BatchOpt,
+        "model": ModelOpt, "revision": RevisionOpt, "device": DeviceOpt, "dtype": DtypeOpt, "batch_size": BatchOpt,
         "max_new_tokens": TokensOpt, "resume": ResumeOpt, "quiet": QuietOpt, "log_format": LogFmtOpt,
         "return": None,
     }
@@ -571,28 +588,31 @@ _register_bench_commands()
 @weights_app.command("list")
 def weights_list() -> None:
     """Known checkpoints and whether they are cached."""
-    from .weights import REGISTRY, cached_path
+    from rich.markup import escape
+
+    from .weights import cached_path, known_checkpoints
 
     table = Table()
-    for col in ("name", "hub id", "size", "cached", "note"):
+    for col in ("name", "hub id", "revision", "size", "cached", "note"):
         table.add_column(col)
-    for c in REGISTRY.values():
+    for c in known_checkpoints().values():
         path = cached_path(c.repo_id, c.revision)
-        table.add_row(escape(c.name), escape(c.repo_id), f"{c.size_gb:.1f} GB", escape(str(path)) if path else "no",
-                      escape(c.note))
+        revision = c.revision if c.revision_pinned else f"{c.revision} (not pinned)"
+        table.add_row(*(escape(x) for x in (c.name, c.repo_id, revision, f"~{c.size_gb:.1f} GB",
+                                            str(path) if path else "no", c.note)))
     stdout_console().print(table)
 
 
 @weights_app.command("pull")
-def weights_pull(name: Annotated[str, typer.Argument(help="Known name or hub id.")]) -> None:
+def weights_pull(name: Annotated[str, typer.Argument(help="Known name or hub id.")],
+                 revision: RevisionOpt = None) -> None:
     """Download a checkpoint into the Hugging Face cache (resumable)."""
     from rich.markup import escape
 
     from .model.loading import ModelLoadError
-    from .weights import lookup, offline, pull
+    from .weights import hub_target, offline, pull
 
-    known = lookup(name)
-    repo, rev = (known.repo_id, known.revision) if known else (name, "main")
+    repo, rev = hub_target(name, revision)
     if offline():
         console.print("[red]error:[/] HF_HUB_OFFLINE is set; cannot download", soft_wrap=True)
         raise typer.Exit(EXIT_FATAL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +20,65 @@ def moving_shapes(num_frames: int, height: int = 120, width: int = 160, seed: in
     return np.stack(list(iter_moving_shapes(num_frames, height, width, seed)))
 
 
-def iter_moving_shapes(num_frames: int, height: int = 120, width: int = 160, seed: int = 0) -> Iterator[np.ndarray]:
-    """The frames of `moving_shapes` one at a time (long clips without holding them all)."""
+@dataclass(frozen=True)
+class ShapeTrack:
+    """One shape of a `moving_shapes` clip: its colour, kind and top-left corner per frame."""
+
+    color: str
+    rgb: tuple[int, int, int]
+    kind: str  # ball | box | triangle
+    corners: np.ndarray  # [T, 2] float (x, y) of the 24x24 bounding square
+
+    def centers(self) -> np.ndarray:
+        return self.corners + SHAPE_SIZE / 2
+
+    def masks(self, height: int, width: int) -> np.ndarray:
+        """bool `[T, H, W]`: the pixels this shape covers in each frame (drawn alone)."""
+        out = []
+        for x, y in self.corners:
+            img = Image.new("L", (width, height), 0)
+            _draw_shape(ImageDraw.Draw(img), self.kind, x, y, 1)
+            out.append(np.asarray(img, dtype=bool))
+        return np.stack(out)
+
+
+SHAPE_SIZE = 24
+
+
+def shape_tracks(num_frames: int, height: int = 120, width: int = 160, seed: int = 0) -> list[ShapeTrack]:
+    """The shapes of `moving_shapes(num_frames, height, width, seed)`, in drawing order."""
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(SHAPES), size=2, replace=False)
     starts = rng.uniform([10, 10], [width - 40, height - 40], size=(2, 2))
     speeds = rng.uniform(-2.5, 2.5, size=(2, 2))
+    t = np.arange(num_frames)[:, None]
+    tracks = []
+    for k, idx in enumerate(picks):
+        corners = np.clip(starts[k] + speeds[k] * t, [0, 0], [width - 25, height - 25])
+        color, rgb, kind = SHAPES[idx]
+        tracks.append(ShapeTrack(color, rgb, kind, corners))
+    return tracks
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, x: float, y: float, fill) -> None:
+    s = SHAPE_SIZE
+    if kind == "ball":
+        draw.ellipse([x, y, x + s, y + s], fill=fill)
+    elif kind == "box":
+        draw.rectangle([x, y, x + s, y + s], fill=fill)
+    else:
+        draw.polygon([(x + s / 2, y), (x, y + s), (x + s, y + s)], fill=fill)
+
+
+def iter_moving_shapes(num_frames: int, height: int = 120, width: int = 160, seed: int = 0) -> Iterator[np.ndarray]:
+    """The frames of `moving_shapes` one at a time (long clips without holding them all)."""
+    tracks = shape_tracks(num_frames, height, width, seed)
     for t in range(num_frames):
         img = Image.new("RGB", (width, height), (128, 128, 128))
         draw = ImageDraw.Draw(img)
-        for k, idx in enumerate(picks):
-            x, y = np.clip(starts[k] + speeds[k] * t, [0, 0], [width - 25, height - 25])
-            _, rgb, kind = SHAPES[idx]
-            box = [x, y, x + 24, y + 24]
-            if kind == "ball":
-                draw.ellipse(box, fill=rgb)
-            elif kind == "box":
-                draw.rectangle(box, fill=rgb)
-            else:
-                draw.polygon([(x + 12, y), (x, y + 24), (x + 24, y + 24)], fill=rgb)
+        for track in tracks:
+            x, y = track.corners[t]
+            _draw_shape(draw, track.kind, x, y, track.rgb)
         yield np.asarray(img)
 
 
@@ -96,3 +137,14 @@ def make_examples(root: Path, num_videos: int = 3, num_frames: int = 24) -> dict
     (root / "videos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seg_rows))
     (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows))
     return {"videos": root / "videos.jsonl", "prompts": root / "prompts.jsonl"}
+
+
+# the seed behind each medium `make_examples` writes (media path as the manifests give it)
+EXAMPLE_SEEDS = {"clips/shapes0.mp4": 0, "clips/shapes1.mp4": 1, "clips/shapes2.mp4": 2,
+                 "clips/shapes_frames": 10, "still.png": 20}
+EXAMPLE_FRAMES = {"clips/shapes_frames": 24, "still.png": 1}  # videos: `num_frames` (24)
+
+
+def example_tracks(media: str, num_frames: int = 24) -> list[ShapeTrack]:
+    """The shapes in one of `make_examples`' media (ground truth for the smoke checkpoint)."""
+    return shape_tracks(EXAMPLE_FRAMES.get(media, num_frames), seed=EXAMPLE_SEEDS[media])
