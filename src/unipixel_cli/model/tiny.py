@@ -1,15 +1,20 @@
-"""A seeded tiny random UniPixel checkpoint in the published format, for tests and smoke runs.
+"""Tiny UniPixel checkpoints in the published format, for tests and smoke runs.
 
-Its weights are random: answers are gibberish and masks are meaningless. It exists so that
-tests, examples and `--model tiny-random` work offline in seconds, through exactly the same
-loading path (flat config, legacy weight names, `sam2.*`, heads, tokenizer files) as the
-real checkpoints.
+`make_tiny_checkpoint` writes seeded random weights (architecture and tokenizer corpus from
+`weights/tiny/tiny-random.json`). `--model tiny-random` is that checkpoint briefly fitted on
+the synthetic examples (`tiny_fit.py`), so a smoke run on `examples/` shows short answers with
+`<|seg|>` and visible masks; on any other input its answers mean nothing. Both go through
+exactly the same loading path (flat config, legacy weight names, `sam2.*`, heads, tokenizer
+files) as the real checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -21,6 +26,7 @@ QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_sta
                 "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
                 "<|repo_name|>", "<|file_sep|>"]
 UNIPIXEL_SPECIAL = ["<|ref|>", "<|seg|>", "<|mem|>"]
+log = logging.getLogger(__name__)
 
 # Qwen2.5-VL-Instruct's chat template (one system prompt, vision placeholders per item)
 CHAT_TEMPLATE = (
@@ -38,47 +44,15 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-SAM2_OVERRIDES = [
-    "++model.image_encoder.trunk.embed_dim=8",
-    "++model.image_encoder.trunk.num_heads=1",
-    "++model.image_encoder.trunk.stages=[1,1,2,1]",
-    "++model.image_encoder.trunk.global_att_blocks=[3]",
-    "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
-    "++model.image_encoder.neck.d_model=32",
-    "++model.image_encoder.neck.backbone_channel_list=[64,32,16,8]",
-    "++model.image_encoder.neck.position_encoding.num_pos_feats=32",
-    "++model.memory_attention.d_model=32",
-    "++model.memory_attention.num_layers=2",
-    "++model.memory_attention.layer.d_model=32",
-    "++model.memory_attention.layer.dim_feedforward=64",
-    "++model.memory_attention.layer.self_attention.embedding_dim=32",
-    "++model.memory_attention.layer.cross_attention.embedding_dim=32",
-    "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
-    "++model.memory_encoder.in_dim=32",
-    "++model.memory_encoder.out_dim=16",
-    "++model.memory_encoder.position_encoding.num_pos_feats=16",
-    "++model.memory_encoder.mask_downsampler.embed_dim=32",
-    "++model.memory_encoder.fuser.layer.dim=32",
-]
-
-CORPUS = [
-    "Please segment the red ball. Please segment the yellow triangle in this video.",
-    "Where is the blue box? Please provide the segmentation mask. It is the ball.",
-    "What is the relationship between [0] and [1]? Options: (A) left (B) right (C) above (D) below.",
-    "Here is a video with 16 frames denoted as <1> to <16>. The highlighted regions are as follows:",
-    "Sure, it is the car. The best option is (A). What color is the highlighted object? It is green.",
-]
-
-
-def _tokenizer(out: Path):
+def _tokenizer(out: Path, spec: dict):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    trainer = trainers.BpeTrainer(vocab_size=spec["vocab_size"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    bpe.train_from_iterator(CORPUS * 4, trainer)
+    bpe.train_from_iterator(spec["corpus"] * 4, trainer)
     spec = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["merges"]]
     tok = Qwen2Tokenizer(vocab=spec["vocab"], merges=merges)
@@ -90,28 +64,18 @@ def _tokenizer(out: Path):
     return tok
 
 
-def _config(tok) -> dict:
+def _config(tok, architecture: dict) -> dict:
+    """The flat published-style config: the recipe's architecture plus the tokenizer's ids."""
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL + UNIPIXEL_SPECIAL}
     return {
         "architectures": ["PixelQwen2_5_VLForConditionalGeneration"], "model_type": "pixel_qwen2_5_vl",
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "hidden_act": "silu", "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
-        "rope_theta": 1000000.0,
-        "rope_scaling": {"type": "default", "rope_type": "default", "mrope_section": [2, 3, 3]},
-        "vocab_size": 64 * ((len(tok) + 63) // 64), "tie_word_embeddings": True, "torch_dtype": "float32",
-        "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 70, "attention_dropout": 0.0,
+        **architecture,
+        "vocab_size": 64 * ((len(tok) + 63) // 64),
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
         "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
         "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"], "ref_token_id": ids["<|ref|>"], "seg_token_id": ids["<|seg|>"],
         "mem_token_id": ids["<|mem|>"],
-        "vision_config": {"depth": 2, "fullatt_block_indexes": [1], "hidden_act": "silu", "hidden_size": 32,
-                          "in_channels": 3, "intermediate_size": 64, "model_type": "qwen2_5_vl", "num_heads": 2,
-                          "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2,
-                          "temporal_patch_size": 2, "tokens_per_second": 2, "window_size": 112},
-        "sam2_config": "configs/sam2.1_hiera_b+", "sam2_image_size": 256, "sam2_hidden_tokens": 2,
-        "sam2_batch_mode": False, "sam2_apply_postprocessing": False, "sam2_enable_decoder": True,
-        "sam2_inference_mode": False, "sam2_checkpoint": "does/not/exist.pt", "sam2_overrides": SAM2_OVERRIDES,
     }
 
 
@@ -124,28 +88,26 @@ def _legacy_name(key: str) -> str:
     return key
 
 
-def make_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a seeded random UniPixel checkpoint to `path` and return it."""
+def make_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, recipe: dict | None = None) -> Path:
+    """Write a seeded random UniPixel checkpoint (architecture from `weights/tiny/tiny-random.json`
+    unless `recipe` is given) to `path` and return it."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from ..weights import tiny_recipe
     from .heads import UniPixelHeads
-    from .loading import SAM2_RENAMES, build_sam2, qwen_config
+    from .loading import build_sam2, qwen_config
 
+    recipe = recipe or tiny_recipe()
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer(out)
-    cfg = _config(tok)
+    tok = _tokenizer(out, recipe["tokenizer"])
+    cfg = _config(tok, recipe["config"])
     torch.manual_seed(seed)
     llm = Qwen2_5_VLForConditionalGeneration(qwen_config(cfg))
     sam2 = build_sam2(cfg)
-    heads = UniPixelHeads(64, sam2.hidden_dim, llm.model.visual.merger.hidden_size, 256,
-                          sam2.sam_image_embedding_size, 2)
-    tensors = {_legacy_name(k): v for k, v in llm.state_dict().items() if k != "lm_head.weight"}
-    back = {v: k for k, v in SAM2_RENAMES.items()}
-    tensors |= {"sam2." + back.get(k, k): v for k, v in sam2.state_dict().items()}
-    tensors |= dict(heads.state_dict())
-    save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
+    heads = UniPixelHeads(cfg["hidden_size"], sam2.hidden_dim, llm.model.visual.merger.hidden_size,
+                          cfg["sam2_image_size"], sam2.sam_image_embedding_size, cfg["sam2_hidden_tokens"])
+    save_weights(out, llm.state_dict(), sam2.state_dict(), heads.state_dict())
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "generation_config.json").write_text(json.dumps({
         "bos_token_id": cfg["bos_token_id"], "eos_token_id": [cfg["eos_token_id"], cfg["bos_token_id"]],
@@ -163,12 +125,63 @@ def make_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     return out
 
 
+def save_weights(out: Path, llm_state: dict, sam2_state: dict, heads_state: dict) -> None:
+    """`model.safetensors` with the published names (legacy LLM names, `sam2.*`, heads)."""
+    from .loading import SAM2_RENAMES
+
+    tensors = {_legacy_name(k): v for k, v in llm_state.items() if k != "lm_head.weight"}
+    back = {v: k for k, v in SAM2_RENAMES.items()}
+    tensors |= {"sam2." + back.get(k, k): v for k, v in sam2_state.items()}
+    tensors |= dict(heads_state)
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def cache_root() -> Path:
+    """`$UNIPIXEL_CACHE`, else `$XDG_CACHE_HOME/unipixel`, else `~/.cache/unipixel`."""
+    if os.environ.get("UNIPIXEL_CACHE"):
+        return Path(os.environ["UNIPIXEL_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "unipixel"
+
+
+def recipe_key(recipe: dict) -> str:
+    """Short hash of the recipe and the fitting code's version: a changed recipe rebuilds."""
+    from .tiny_fit import FIT_VERSION
+
+    blob = json.dumps({"recipe": recipe, "fit_version": FIT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def make_tiny_random(path: str | os.PathLike, seed: int = 0, recipe: dict | None = None) -> Path:
+    """The `tiny-random` checkpoint: seeded random weights, then fitted on the synthetic examples."""
+    from ..weights import tiny_recipe
+    from .tiny_fit import fit_on_examples
+
+    recipe = recipe or tiny_recipe()
+    out = make_tiny_checkpoint(path, seed, recipe)
+    fit_on_examples(out, recipe["fit"], seed)
+    (out / "README.md").write_text(
+        f"Tiny UniPixel checkpoint made by unipixel_cli.model.tiny (seed {seed}, recipe {recipe_key(recipe)}): "
+        "random weights briefly fitted on the synthetic examples (examples/), so a smoke run shows short "
+        "answers with <|seg|> and visible masks there. Its answers and masks mean nothing on other inputs.\n")
+    return out
+
+
 def tiny_random_path(seed: int = 0) -> Path:
-    """The cached tiny-random checkpoint, created on first use."""
-    root = Path(os.environ.get("UNIPIXEL_CACHE", Path.home() / ".cache" / "unipixel"))
-    path = root / f"tiny-random-seed{seed}"
+    """The cached tiny-random checkpoint, created (and fitted) on first use."""
+    from ..weights import tiny_recipe
+
+    recipe = tiny_recipe()
+    path = cache_root() / f"tiny-random-seed{seed}-{recipe_key(recipe)}"
     if not (path / "model.safetensors").exists():
+        log.warning("creating the tiny-random checkpoint in %s (fitted on the synthetic examples; "
+                    "once, about a minute on a CPU)", path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        make_tiny_checkpoint(tmp, seed)
-        tmp.rename(path) if not path.exists() else None
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_tiny_random(tmp, seed, recipe)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process finished first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
