@@ -3,7 +3,7 @@
 A random tiny model answers with 512 newlines and empty masks. At creation we fit it briefly
 (seeded, deterministic, CPU) on exactly the requests the engines build for `examples/`:
 
-1. the language model learns short answers: "Sure, it is <|seg|>." for segment prompts, a
+1. the language model learns short answers: "Sure, it is<|seg|>." for segment prompts, a
    short sentence for PixelQA questions and "B)." style replies after "The best option is (";
 2. `seg_head` and SAM 2's prompt/memory/decoder modules learn to turn the `<|seg|>` states into
    the mask of the example's target shape over the frames (the image encoder stays random and
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..synthetic import ShapeTrack, example_tracks, make_examples
 from .loading import load_unipixel
+from .prompting import chat_text, make_request
 from .tiny import save_weights
 from .unipixel import LLMRequest, UniPixel
 
@@ -99,8 +100,8 @@ def _fit(ckpt: Path, fit: dict, seed: int) -> dict:
             grids = p.bank.refer_masks(p.llm_size)
             prefix = p.bank.prefix(p.llm_size, p.media.is_image, grids)
             options = p.mrow.row.options
-            text = chat_prompt(processor, prefix + p.stage_b_text, ANSWER_PREFIX if options else "")
-            request = _request(processor, text, p.pixel_values, p.grid, grids)
+            text = chat_text(processor, prefix + p.stage_b_text, answer_prefix=ANSWER_PREFIX if options else "")
+            request = make_request(processor, text, p.pixel_values, p.grid, refer_masks=grids)
             reply = (fit["answers"]["pixelqa_options"].format(letter=option_letter(options, tracks))
                      if options else fit["answers"]["pixelqa"])
             texts.append(TextExample(request, encode(reply)))
@@ -158,18 +159,6 @@ def pick_frames(track: ShapeTrack, indices: list[int], media) -> np.ndarray:
 
 
 # -- language model ----------------------------------------------------------------------------
-def chat_prompt(processor, text: str, answer_prefix: str) -> str:
-    from .prompting import chat_text
-
-    return chat_text(processor, text, answer_prefix=answer_prefix)
-
-
-def _request(processor, text, pixel_values, grid, refer_masks) -> LLMRequest:
-    from .prompting import make_request
-
-    return make_request(processor, text, pixel_values, grid, refer_masks=refer_masks)
-
-
 def _with_reply(request: LLMRequest, reply: list[int]) -> LLMRequest:
     return LLMRequest(request.input_ids + reply, request.pixel_values, request.grid_thw, request.refs,
                       request.refer_masks, generate=False)
