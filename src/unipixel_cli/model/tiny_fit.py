@@ -229,7 +229,9 @@ def fit_masks(model: UniPixel, examples: list[MaskExample], steps: int, lr: floa
     frames, with memory. Clips of one length share a SAM 2 batch, as in inference.
 
     A first pass on frame 0 alone (`max_frames=1`) is cheap and teaches `seg_head` and the mask
-    decoder to follow the `<|seg|>` tokens; the pass over several frames teaches the memory.
+    decoder the first masks; the pass over several frames teaches the memory. That pass must go
+    past `num_maskmem` (7) frames: from there on SAM 2's memory is as full as it ever gets, so
+    later frames see nothing new (measured: trained on 6 frames, tracks drift off after frame 9).
     """
     sam2 = model.sam2
     params = [p for n, p in sam2.named_parameters() if not n.startswith("image_encoder.")]
