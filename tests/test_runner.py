@@ -270,6 +270,27 @@ def test_output_path_problems_are_one_line_exit_1(tmp_path, monkeypatch, model):
             ro.chmod(0o755)
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "existing-folder"])
+def test_read_only_filesystem_is_one_line_exit_1(tmp_path, model, existing):
+    """A real read-only mount (root can write through chmod, not through a read-only mount)."""
+    import subprocess
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        if existing:
+            (mnt / "out").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        manifest = write_manifest(tmp_path / "m.jsonl", {"a": "1"})
+        report = run("segment", manifest, mnt / "out", RunOptions(model=model))
+        assert report.exit_code == EXIT_FATAL and str(mnt / "out") in report.error and "\n" not in report.error
+        assert "Read-only" in report.error
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
 def test_a_fixed_invalid_line_runs_even_with_no_retry_errors(tmp_path, model):
     out = tmp_path / "out"
     manifest = tmp_path / "m.jsonl"
