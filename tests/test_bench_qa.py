@@ -62,7 +62,8 @@ def test_check_answer_failed_and_crash_cases():
     assert check_answer(4, "A", "A) yes") is True
     assert check_answer(4, "A", "B) no") is False
     assert check_answer(3, "A", "D) out of range") is None  # their "Failed"
-    for crash in ("", " A) leading space"):
+    # "(", ")" and "." are stripped from the first word: only those characters leaves "" and their b[0] raises
+    for crash in ("", " A) leading space", "(", "()", ".", "..", "(. B"):
         with pytest.raises(UnscorableAnswer):
             check_answer(4, "A", crash)
 

@@ -7,10 +7,10 @@ character is left keep the first; a letter outside the options counts as "Failed
 Their table: tasks in name order, `#Samples`, `Failed`, `Acc` = correct / samples, and `all`
 pooled over every sample (not a mean of the tasks).
 
-Where they differ from us, on purpose: a response with no first word (empty, or starting with a
-space) makes their `b[0]` raise and the whole evaluation stop; an item without a response is
-silently left out of every count. Here both are counted as samples, scored wrong, added to
-`Failed`, and listed in summary.json.
+Where they differ from us, on purpose: a response with no first word (empty, starting with a
+space, or a first word of only "(", ")" and ".", e.g. "()" or "(. B") makes their `b[0]` raise and
+the whole evaluation stop; an item without a response is silently left out of every count. Here
+both are counted as samples, scored wrong, added to `Failed`, and listed in summary.json.
 """
 
 from __future__ import annotations
