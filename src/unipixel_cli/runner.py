@@ -338,12 +338,18 @@ class StopRequest:
 
     def restore(self) -> None:
         for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
+            # once stopping, the process is on its way out: a second signal during cleanup still
+            # exits at once with 128 + signal, never as an uncaught KeyboardInterrupt
+            signal.signal(sig, self._exit_now if self.requested else handler)
         self._saved.clear()
+
+    @staticmethod
+    def _exit_now(signum: int, frame) -> None:
+        os._exit(128 + signum)
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
-            os._exit(128 + signum)  # second signal: at once (finished rows are already on disk)
+            self._exit_now(signum, frame)  # second signal: at once (finished rows are already on disk)
         self.signum = signum
         self.event.set()
         with contextlib.suppress(RuntimeError):  # the handler interrupted a write to stderr
