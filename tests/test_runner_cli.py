@@ -84,7 +84,9 @@ def test_a_second_signal_exits_at_once_and_the_dataset_stays_readable(tmp_path, 
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.monotonic() - t0 < 5
+    # 130 from our handler, or death by SIGINT if the signal lands while the interpreter tears
+    # down: a shell or cron wrapper reports both as exit status 130
+    assert proc.returncode in (130, -signal.SIGINT) and time.monotonic() - t0 < 5
     r = cli("segment", manifest, "-o", out, *common)
     assert r.returncode == 0, r.stderr
     ids = pq.read_table(out).column("id").to_pylist()

@@ -206,7 +206,19 @@ def _run(task: str, manifest: Path, out: Path, model: str, device: str, dtype: s
         progress.close()
     if report.error:
         _error(report.error, report.exit_code)
+    if report.signal:
+        _exit_after_signal(report.exit_code)
     return report.exit_code
+
+
+def _exit_after_signal(code: int) -> None:
+    """Stopped by a signal: every finished row is on disk and the lock is released, so leave now.
+    Interpreter shutdown (torch teardown) takes a while and restores the default handlers: a
+    second signal arriving then would kill the process instead of exiting with 128 + signal."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _with_revision(model: str, revision: str | None) -> str:
