@@ -141,6 +141,13 @@ class Prediction:
     row: dict | None = None  # our result row, when the prediction comes from one
     error: str | None = None  # the request failed / the prediction is missing: scores 0
 
+    def frame_size(self, first_frame: str) -> tuple[int, int]:
+        """(h, w) of the predicted masks, read off the item's first frame (missing: scored 0)."""
+        first = self.masks.read(first_frame)
+        if first is None:
+            raise FileNotFoundError(f"no prediction for frame {first_frame}")
+        return first.shape
+
 
 @dataclass
 class ItemResult:

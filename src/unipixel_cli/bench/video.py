@@ -70,10 +70,7 @@ class SegEval(Benchmark):
 
     def score(self, item: Item, prediction: Prediction) -> dict[str, float]:
         masks = prediction.masks
-        first = masks.read(item.frames[0])
-        if first is None:
-            raise FileNotFoundError(f"no prediction for frame {item.frames[0]}")
-        h, w = first.shape
+        h, w = prediction.frame_size(item.frames[0])
         n = len(item.frames)
         gt = np.zeros((n, h, w), np.uint8)
         pred = np.zeros((n, h, w), np.uint8)
